@@ -1,0 +1,1 @@
+"""Issuer: signing keys, credit-token minting, revocation, delegation, top-ups."""

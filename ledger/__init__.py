@@ -1,0 +1,1 @@
+"""The double-entry core: accounts, transfers, balances, invariants, database, app and CLI."""

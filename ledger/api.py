@@ -1,0 +1,90 @@
+"""HTTP controllers of the core: health and accounts. Decode, call a service, encode."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from ledger import limits
+from ledger.accounts import (
+    AccountCreate,
+    AccountCreated,
+    AccountView,
+    JournalPage,
+    create_customer_account,
+    read_account,
+    read_journal,
+    require_role,
+)
+from ledger.auth import Principal, Role, authenticate
+from ledger.errors import DatabaseUnavailable
+
+__all__ = ["AccountController", "HealthController", "dependencies"]
+
+
+async def provide_pool(request: Request[Any, Any, Any]) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+async def provide_principal(request: Request[Any, Any, Any], pool: asyncpg.Pool) -> Principal:
+    async with pool.acquire() as conn:
+        return await authenticate(conn, request.headers.get("authorization"))
+
+
+dependencies = {
+    "pool": Provide(provide_pool),
+    "principal": Provide(provide_principal),
+}
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get(operation_id="health", summary="Liveness and database reachability")
+    async def health(self, pool: asyncpg.Pool) -> Health:
+        try:
+            await pool.fetchval("SELECT 1", timeout=2.0)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable() from exc
+        return Health(status="ok", database="ok")
+
+
+class AccountController(Controller):
+    path = "/v1/accounts"
+    tags = ["accounts"]
+    security = [{"apiKey": []}]
+
+    @post(operation_id="createAccount", summary="Create a customer wallet (operator)")
+    async def create_account(self, data: AccountCreate, principal: Principal, pool: asyncpg.Pool) -> AccountCreated:
+        require_role(principal, Role.operator)
+        return await create_customer_account(pool, data.name)
+
+    @get("/{account_id:uuid}", operation_id="getAccount", summary="Balance of an account")
+    async def get_account(self, account_id: uuid.UUID, principal: Principal, pool: asyncpg.Pool) -> AccountView:
+        return await read_account(pool, principal, account_id)
+
+    @get("/{account_id:uuid}/transfers", operation_id="listAccountTransfers", summary="Journal page")
+    async def list_transfers(
+        self,
+        account_id: uuid.UUID,
+        principal: Principal,
+        pool: asyncpg.Pool,
+        limit: Annotated[
+            int, Parameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Entries per page")
+        ] = limits.PAGE_SIZE_DEFAULT,
+        after: Annotated[int, Parameter(ge=0, description="Cursor: `next_after` of the last page")] = 0,
+    ) -> JournalPage:
+        return await read_journal(pool, principal, account_id, after=after, limit=limit)

@@ -1,0 +1,109 @@
+"""The app factory: all wiring (routes, DI, lifespan, errors, OpenAPI) in one place.
+
+This module and `ledger.cli` are the assembly: the only parts of `ledger` that
+import `issuer` and `verifier`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from ledger import core
+from ledger.api import AccountController, HealthController, dependencies
+from ledger.config import ConfigError, Settings
+from ledger.db import CONNECTION_ERRORS, create_pool
+from ledger.problems import exception_handlers
+
+__all__ = ["API_VERSION", "create_app", "openapi_document"]
+
+log = logging.getLogger("ledger.app")
+
+API_VERSION = "0.1.0"
+
+
+async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
+    """Release holds past their expiry, whether or not any request arrives."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await core.expire_pending(app.state.pool)
+        except CONNECTION_ERRORS:
+            log.warning("expiry sweep skipped: database unavailable")
+
+
+@contextlib.asynccontextmanager
+async def _database(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL is not set (`ledger serve` sets it for you)")
+    app.state.pool = await create_pool(settings.database_url, max_size=settings.pool_size_max)
+    sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await app.state.pool.close()
+
+
+def _openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Credit-token ledger",
+        version=API_VERSION,
+        description=(
+            "Prepaid credit-token ledger for AI agents. Money is integer micro-USD. "
+            "Errors are RFC 9457 application/problem+json with a stable `code`."
+        ),
+        path="/docs",
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="Operator, owner or merchant API key (`lk_…`).",
+                ),
+                "creditToken": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="PASETO v4.public",
+                    description="A credit token (`v4.public.…`).",
+                ),
+            }
+        ),
+    )
+
+
+def _route_handlers() -> list[Any]:
+    return [HealthController, AccountController]
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    config = AppConfig(
+        route_handlers=_route_handlers(),
+        dependencies=dict(dependencies),
+        exception_handlers=exception_handlers(),
+        lifespan=[_database],
+        openapi_config=_openapi_config(),
+        request_max_body_size=settings.request_body_bytes_max,
+        state=State({"settings": settings}),
+        debug=False,
+    )
+    return Litestar.from_config(config)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document, exactly as the app serves it at /docs/openapi.json."""
+    app = create_app(Settings(database_url="postgresql://unused/unused"))
+    return app.openapi_schema.to_schema()

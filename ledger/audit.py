@@ -1,0 +1,70 @@
+"""The ledger's invariants, checked against the live database.
+
+1. the sum of all balances is zero (posted and pending);
+2. every account's balance equals its journal;
+3. no wallet below zero;
+4. no pending amount larger than what backs it (and no hold posted beyond its amount).
+
+Used by tests after every scenario and by operators as `ledger audit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ledger.queries import load_queries
+
+__all__ = ["AuditReport", "Violation", "run_audit"]
+
+queries = load_queries("ledger", "audit.sql")
+
+
+class Violation(msgspec.Struct, frozen=True):
+    invariant: str
+    detail: str
+    rows: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class AuditReport(msgspec.Struct, frozen=True):
+    accounts: int
+    transfers: int
+    violations: list[Violation]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    return [{k: str(v) if k == "id" or k.endswith("_id") else v for k, v in r.items()} for r in records]
+
+
+async def run_audit(conn: asyncpg.Connection) -> AuditReport:
+    """Check every invariant in one repeatable-read snapshot."""
+    violations: list[Violation] = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        accounts = await conn.fetchval("SELECT count(*) FROM accounts")
+        transfers = await conn.fetchval("SELECT count(*) FROM transfers")
+        sums = await conn.fetchrow(queries["sum_of_balances"])
+        assert sums is not None
+        if sums["posted"] != 0 or sums["pending"] != 0:
+            violations.append(
+                Violation(
+                    "sum_of_balances_is_zero",
+                    f"posted balances sum to {sums['posted']}, pending to {sums['pending']}",
+                )
+            )
+        checks = (
+            ("balance_matches_journal", "balances_not_matching_journal", "balance differs from journal"),
+            ("no_wallet_below_zero", "wallets_below_zero", "wallet below zero"),
+            ("pending_backed", "pending_not_backed", "held more than the balance"),
+            ("posted_within_hold", "pending_exceeding_hold", "resolution exceeds its hold"),
+        )
+        for invariant, query, detail in checks:
+            rows = await conn.fetch(queries[query])
+            if rows:
+                violations.append(Violation(invariant, f"{len(rows)} × {detail}", _rows(rows)))
+    return AuditReport(accounts=accounts, transfers=transfers, violations=violations)

@@ -1,0 +1,102 @@
+"""The asyncpg pool and the database's failure modes.
+
+The pool is created in the app's lifespan with explicit limits. Connection-level
+failures (PostgreSQL down, restarting, or unreachable) become `DatabaseUnavailable`
+(503) at the edge; the pool reconnects by itself when the database returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from ledger import limits
+from ledger.errors import DatabaseUnavailable
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "create_pool",
+    "ensure_database",
+    "mask_dsn",
+    "translate_connection_errors",
+]
+
+# What a lost or refused database connection looks like from asyncpg.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by `***`, safe to log."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = limits.POOL_SIZE_MIN,
+    max_size: int = limits.POOL_SIZE_MAX,
+) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=limits.POOL_QUERIES_MAX,
+        timeout=limits.DB_CONNECT_TIMEOUT_S,
+        command_timeout=limits.DB_COMMAND_TIMEOUT_S,
+        init=_init_connection,
+        server_settings={
+            "statement_timeout": str(limits.STATEMENT_TIMEOUT_MS),
+            "application_name": "ledger",
+        },
+    )
+    assert pool is not None
+    return pool
+
+
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    """Create database `name` on the server behind `admin_dsn` if it is missing."""
+    conn = await asyncpg.connect(admin_dsn, timeout=limits.DB_CONNECT_TIMEOUT_S)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            with contextlib.suppress(asyncpg.exceptions.DuplicateDatabaseError):
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def translate_connection_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable() from exc
+
+
+def record_to_dict(record: Any) -> dict[str, Any]:
+    return dict(record.items())

@@ -1,0 +1,33 @@
+"""Every limit in one place. Qualifiers last: `amount_max`, `page_size_max`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+# Money is integer micro-USD: 1 USD = 1_000_000.
+MICROS_PER_USD = 1_000_000
+# One transfer moves at most 1e12 micro-USD (1,000,000 USD); sums of many stay far
+# below 2**63 so every bigint column in PostgreSQL is safe.
+AMOUNT_MAX = 1_000_000_000_000
+
+NAME_LENGTH_MAX = 200
+METADATA_KEYS_MAX = 20
+METADATA_KEY_LENGTH_MAX = 40
+METADATA_VALUE_LENGTH_MAX = 500
+PAGE_SIZE_DEFAULT = 50
+PAGE_SIZE_MAX = 500
+REQUEST_BODY_BYTES_MAX = 64 * 1024
+
+# Database pool.
+POOL_SIZE_MIN = 2
+POOL_SIZE_MAX = 20
+POOL_QUERIES_MAX = 50_000
+STATEMENT_TIMEOUT_MS = 10_000
+DB_CONNECT_TIMEOUT_S = 5.0
+DB_COMMAND_TIMEOUT_S = 15.0
+
+Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="Amount in micro-USD.")]
+PageSize = Annotated[int, Meta(ge=1, le=PAGE_SIZE_MAX)]
+Name = Annotated[str, Meta(min_length=1, max_length=NAME_LENGTH_MAX)]

@@ -1,0 +1,48 @@
+"""Test helpers shared across modules (never imported by product code)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from ledger import core
+from ledger.audit import run_audit
+
+
+async def assert_invariants(conn_or_dsn: asyncpg.Connection | str) -> None:
+    """All four ledger invariants hold; fail naming the violations otherwise."""
+    if isinstance(conn_or_dsn, str):
+        conn = await asyncpg.connect(conn_or_dsn)
+        try:
+            report = await run_audit(conn)
+        finally:
+            await conn.close()
+    else:
+        report = await run_audit(conn_or_dsn)
+    assert report.ok, report.violations
+
+
+async def new_wallet(conn: asyncpg.Connection, name: str = "wallet", funds: int = 0) -> uuid.UUID:
+    account = await core.create_account(conn, kind=core.AccountKind.customer_wallet, name=name)
+    if funds:
+        await fund(conn, account.id, funds)
+    return account.id
+
+
+async def fund(conn: asyncpg.Connection, account_id: uuid.UUID, amount: int) -> None:
+    outcome = await core.create_transfer(
+        conn,
+        transfer_id=uuid.uuid4(),
+        debit_account_id=core.ADJUSTMENT_CLEARING_ID,
+        credit_account_id=account_id,
+        amount=amount,
+        code="adjustment",
+    )
+    assert outcome is core.TransferOutcome.created, outcome
+
+
+async def balance(conn: asyncpg.Connection, account_id: uuid.UUID) -> int:
+    account = await core.get_account(conn, account_id)
+    assert account is not None
+    return account.balance

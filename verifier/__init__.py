@@ -1,0 +1,1 @@
+"""Verifier: credit-token verification, verify-and-debit, holds, receipts, SDK, MCP."""
