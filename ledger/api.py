@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from ledger import limits
 from ledger.accounts import (
@@ -25,7 +25,11 @@ from ledger.accounts import (
 from ledger.auth import Principal, Role, authenticate
 from ledger.errors import DatabaseUnavailable
 
-__all__ = ["AccountController", "HealthController", "dependencies"]
+__all__ = ["AccountController", "Auth", "HealthController", "Pool", "dependencies"]
+
+# Handler parameters that come from `dependencies` below, named explicitly.
+Pool = NamedDependency[asyncpg.Pool]
+Auth = NamedDependency[Principal]
 
 
 async def provide_pool(request: Request[Any, Any, Any]) -> asyncpg.Pool:
@@ -33,7 +37,7 @@ async def provide_pool(request: Request[Any, Any, Any]) -> asyncpg.Pool:
     return pool
 
 
-async def provide_principal(request: Request[Any, Any, Any], pool: asyncpg.Pool) -> Principal:
+async def provide_principal(request: Request[Any, Any, Any], pool: Pool) -> Principal:
     async with pool.acquire() as conn:
         return await authenticate(conn, request.headers.get("authorization"))
 
@@ -54,7 +58,7 @@ class HealthController(Controller):
     tags = ["health"]
 
     @get(operation_id="health", summary="Liveness and database reachability")
-    async def health(self, pool: asyncpg.Pool) -> Health:
+    async def health(self, pool: Pool) -> Health:
         try:
             await pool.fetchval("SELECT 1", timeout=2.0)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -68,23 +72,25 @@ class AccountController(Controller):
     security = [{"apiKey": []}]
 
     @post(operation_id="createAccount", summary="Create a customer wallet (operator)")
-    async def create_account(self, data: AccountCreate, principal: Principal, pool: asyncpg.Pool) -> AccountCreated:
+    async def create_account(self, data: JSONBody[AccountCreate], principal: Auth, pool: Pool) -> AccountCreated:
         require_role(principal, Role.operator)
         return await create_customer_account(pool, data.name)
 
     @get("/{account_id:uuid}", operation_id="getAccount", summary="Balance of an account")
-    async def get_account(self, account_id: uuid.UUID, principal: Principal, pool: asyncpg.Pool) -> AccountView:
+    async def get_account(self, account_id: FromPath[uuid.UUID], principal: Auth, pool: Pool) -> AccountView:
         return await read_account(pool, principal, account_id)
 
     @get("/{account_id:uuid}/transfers", operation_id="listAccountTransfers", summary="Journal page")
     async def list_transfers(
         self,
-        account_id: uuid.UUID,
-        principal: Principal,
-        pool: asyncpg.Pool,
+        account_id: FromPath[uuid.UUID],
+        principal: Auth,
+        pool: Pool,
         limit: Annotated[
-            int, Parameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Entries per page")
+            int, QueryParameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Entries per page")
         ] = limits.PAGE_SIZE_DEFAULT,
-        after: Annotated[int, Parameter(ge=0, description="Cursor: `next_after` of the last page")] = 0,
+        after: Annotated[
+            int, QueryParameter(ge=0, le=2**62, description="Cursor: `next_after` of the last page")
+        ] = 0,
     ) -> JournalPage:
         return await read_journal(pool, principal, account_id, after=after, limit=limit)

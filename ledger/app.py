@@ -84,8 +84,18 @@ def _openapi_config() -> OpenAPIConfig:
     )
 
 
+# Each feature package exposes `routes` (controllers/handlers) from its `api`
+# module; the assembly lists them here and nowhere else.
+_FEATURE_API_MODULES: tuple[str, ...] = ()
+
+
 def _route_handlers() -> list[Any]:
-    return [HealthController, AccountController]
+    import importlib
+
+    handlers: list[Any] = [HealthController, AccountController]
+    for module in _FEATURE_API_MODULES:
+        handlers.extend(importlib.import_module(module).routes)
+    return handlers
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

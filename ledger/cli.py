@@ -21,7 +21,7 @@ from ledger import accounts, core, limits
 from ledger.audit import run_audit
 from ledger.auth import ensure_operator_key, rotate_operator_key
 from ledger.config import ConfigError, Settings
-from ledger.db import mask_dsn
+from ledger.db import connect, mask_dsn
 from ledger.migrate import MigrationError
 from ledger.runtime import database_dsn, prepare_database
 
@@ -46,7 +46,7 @@ def _with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Aw
         asyncio.run(prepare_database(dsn))
 
         async def run() -> T:
-            conn = await asyncpg.connect(dsn, timeout=limits.DB_CONNECT_TIMEOUT_S)
+            conn = await connect(dsn)
             try:
                 return await work(conn)
             finally:

@@ -21,6 +21,7 @@ from ledger.errors import DatabaseUnavailable
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "connect",
     "create_pool",
     "ensure_database",
     "mask_dsn",
@@ -53,6 +54,13 @@ def mask_dsn(dsn: str) -> str:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection configured like the pool's (jsonb as Python values)."""
+    conn = await asyncpg.connect(dsn, timeout=limits.DB_CONNECT_TIMEOUT_S)
+    await _init_connection(conn)
+    return conn
 
 
 async def create_pool(

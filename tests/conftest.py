@@ -23,7 +23,7 @@ import uvicorn
 from ledger.app import create_app
 from ledger.auth import ensure_operator_key
 from ledger.config import Settings
-from ledger.db import create_pool
+from ledger.db import connect, create_pool
 from ledger.embedded import EmbeddedPostgres, free_port
 from ledger.migrate import apply_migrations
 
@@ -158,7 +158,7 @@ def service_settings(dsn: str, port: int, **overrides: object) -> Settings:
 
 @pytest.fixture
 async def service(dsn: str) -> AsyncIterator[Service]:
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         operator_key = await ensure_operator_key(conn)
     finally:

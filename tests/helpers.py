@@ -8,12 +8,13 @@ import asyncpg
 
 from ledger import core
 from ledger.audit import run_audit
+from ledger.db import connect
 
 
 async def assert_invariants(conn_or_dsn: asyncpg.Connection | str) -> None:
     """All four ledger invariants hold; fail naming the violations otherwise."""
     if isinstance(conn_or_dsn, str):
-        conn = await asyncpg.connect(conn_or_dsn)
+        conn = await connect(conn_or_dsn)
         try:
             report = await run_audit(conn)
         finally:
