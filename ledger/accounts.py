@@ -100,7 +100,9 @@ async def create_customer_account(pool: asyncpg.Pool, name: str) -> AccountCreat
     return AccountCreated(account=account_view(account), owner_api_key=key)
 
 
-async def read_account(pool: asyncpg.Pool, principal: Principal, account_id: uuid.UUID) -> AccountView:
+async def read_account(
+    pool: asyncpg.Pool, principal: Principal, account_id: uuid.UUID
+) -> AccountView:
     # Another owner's account answers exactly like a missing one: no existence leak.
     if not _may_read(principal, account_id):
         raise NotFound("no such account")
@@ -121,7 +123,9 @@ async def read_journal(
 ) -> JournalPage:
     await read_account(pool, principal, account_id)
     async with pool.acquire() as conn:
-        transfers = await core.list_account_transfers(conn, account_id, after_seq=after, limit=limit)
+        transfers = await core.list_account_transfers(
+            conn, account_id, after_seq=after, limit=limit
+        )
     entries = [
         JournalEntry(
             id=t.id,

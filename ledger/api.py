@@ -72,15 +72,21 @@ class AccountController(Controller):
     security = [{"apiKey": []}]
 
     @post(operation_id="createAccount", summary="Create a customer wallet (operator)")
-    async def create_account(self, data: JSONBody[AccountCreate], principal: Auth, pool: Pool) -> AccountCreated:
+    async def create_account(
+        self, data: JSONBody[AccountCreate], principal: Auth, pool: Pool
+    ) -> AccountCreated:
         require_role(principal, Role.operator)
         return await create_customer_account(pool, data.name)
 
     @get("/{account_id:uuid}", operation_id="getAccount", summary="Balance of an account")
-    async def get_account(self, account_id: FromPath[uuid.UUID], principal: Auth, pool: Pool) -> AccountView:
+    async def get_account(
+        self, account_id: FromPath[uuid.UUID], principal: Auth, pool: Pool
+    ) -> AccountView:
         return await read_account(pool, principal, account_id)
 
-    @get("/{account_id:uuid}/transfers", operation_id="listAccountTransfers", summary="Journal page")
+    @get(
+        "/{account_id:uuid}/transfers", operation_id="listAccountTransfers", summary="Journal page"
+    )
     async def list_transfers(
         self,
         account_id: FromPath[uuid.UUID],

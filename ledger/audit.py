@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.db import Conn
 from ledger.queries import load_queries
 
 __all__ = ["AuditReport", "Violation", "run_audit"]
@@ -39,32 +40,45 @@ class AuditReport(msgspec.Struct, frozen=True):
 
 
 def _rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
-    return [{k: str(v) if k == "id" or k.endswith("_id") else v for k, v in r.items()} for r in records]
+    return [
+        {k: str(v) if k == "id" or k.endswith("_id") else v for k, v in r.items()} for r in records
+    ]
 
 
-async def run_audit(conn: asyncpg.Connection) -> AuditReport:
+async def run_audit(conn: Conn) -> AuditReport:
     """Check every invariant in one repeatable-read snapshot."""
-    violations: list[Violation] = []
+    if conn.is_in_transaction():
+        # Inside a caller's transaction (tests): its snapshot is the one to check.
+        return await _audit(conn)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        accounts = await conn.fetchval("SELECT count(*) FROM accounts")
-        transfers = await conn.fetchval("SELECT count(*) FROM transfers")
-        sums = await conn.fetchrow(queries["sum_of_balances"])
-        assert sums is not None
-        if sums["posted"] != 0 or sums["pending"] != 0:
-            violations.append(
-                Violation(
-                    "sum_of_balances_is_zero",
-                    f"posted balances sum to {sums['posted']}, pending to {sums['pending']}",
-                )
+        return await _audit(conn)
+
+
+async def _audit(conn: Conn) -> AuditReport:
+    violations: list[Violation] = []
+    accounts = await conn.fetchval("SELECT count(*) FROM accounts")
+    transfers = await conn.fetchval("SELECT count(*) FROM transfers")
+    sums = await conn.fetchrow(queries["sum_of_balances"])
+    assert sums is not None
+    if sums["posted"] != 0 or sums["pending"] != 0:
+        violations.append(
+            Violation(
+                "sum_of_balances_is_zero",
+                f"posted balances sum to {sums['posted']}, pending to {sums['pending']}",
             )
-        checks = (
-            ("balance_matches_journal", "balances_not_matching_journal", "balance differs from journal"),
-            ("no_wallet_below_zero", "wallets_below_zero", "wallet below zero"),
-            ("pending_backed", "pending_not_backed", "held more than the balance"),
-            ("posted_within_hold", "pending_exceeding_hold", "resolution exceeds its hold"),
         )
-        for invariant, query, detail in checks:
-            rows = await conn.fetch(queries[query])
-            if rows:
-                violations.append(Violation(invariant, f"{len(rows)} × {detail}", _rows(rows)))
+    checks = (
+        (
+            "balance_matches_journal",
+            "balances_not_matching_journal",
+            "balance differs from journal",
+        ),
+        ("no_wallet_below_zero", "wallets_below_zero", "wallet below zero"),
+        ("pending_backed", "pending_not_backed", "held more than the balance"),
+        ("posted_within_hold", "pending_exceeding_hold", "resolution exceeds its hold"),
+    )
+    for invariant, query, detail in checks:
+        rows = await conn.fetch(queries[query])
+        if rows:
+            violations.append(Violation(invariant, f"{len(rows)} × {detail}", _rows(rows)))
     return AuditReport(accounts=accounts, transfers=transfers, violations=violations)

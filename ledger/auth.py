@@ -12,9 +12,9 @@ import secrets
 import uuid
 from enum import StrEnum
 
-import asyncpg
 import msgspec
 
+from ledger.db import Conn
 from ledger.errors import Unauthenticated
 from ledger.queries import load_queries
 
@@ -64,7 +64,7 @@ def bearer_credential(header: str | None) -> str | None:
     return credential or None
 
 
-async def create_api_key(conn: asyncpg.Connection, role: Role, subject_id: uuid.UUID | None) -> str:
+async def create_api_key(conn: Conn, role: Role, subject_id: uuid.UUID | None) -> str:
     """Create a key and return it; this is the only time it exists in clear."""
     key = _PREFIX[role] + secrets.token_urlsafe(32)
     await conn.execute(
@@ -78,7 +78,7 @@ async def create_api_key(conn: asyncpg.Connection, role: Role, subject_id: uuid.
     return key
 
 
-async def authenticate(conn: asyncpg.Connection, header: str | None) -> Principal:
+async def authenticate(conn: Conn, header: str | None) -> Principal:
     key = bearer_credential(header)
     if key is None or len(key) > API_KEY_LENGTH_MAX or not key.startswith("lk_"):
         raise Unauthenticated("send an API key as `Authorization: Bearer <key>`")
@@ -88,7 +88,7 @@ async def authenticate(conn: asyncpg.Connection, header: str | None) -> Principa
     return Principal(role=Role(row["role"]), subject_id=row["subject_id"], key_id=row["id"])
 
 
-async def ensure_operator_key(conn: asyncpg.Connection) -> str | None:
+async def ensure_operator_key(conn: Conn) -> str | None:
     """Create the operator key on first start; return it then, None afterwards."""
     async with conn.transaction():
         await conn.execute(queries["lock_operator_keys"])
@@ -97,7 +97,7 @@ async def ensure_operator_key(conn: asyncpg.Connection) -> str | None:
         return await create_api_key(conn, Role.operator, None)
 
 
-async def rotate_operator_key(conn: asyncpg.Connection) -> str:
+async def rotate_operator_key(conn: Conn) -> str:
     """Revoke every operator key and return a new one."""
     async with conn.transaction():
         await conn.execute(queries["lock_operator_keys"])

@@ -167,7 +167,9 @@ def accounts_create(name: str) -> None:
 
     async def work(conn: asyncpg.Connection) -> accounts.AccountCreated:
         async with conn.transaction():
-            account = await core.create_account(conn, kind=core.AccountKind.customer_wallet, name=name)
+            account = await core.create_account(
+                conn, kind=core.AccountKind.customer_wallet, name=name
+            )
             from ledger.auth import Role, create_api_key
 
             key = await create_api_key(conn, Role.owner, account.id)
@@ -194,7 +196,9 @@ def accounts_show(account_id: uuid.UUID) -> None:
 @accounts_group.command("transfers")
 @click.argument("account_id", type=click.UUID)
 @click.option("--after", type=click.IntRange(min=0), default=0, help="Cursor (seq).")
-@click.option("--limit", type=click.IntRange(1, limits.PAGE_SIZE_MAX), default=limits.PAGE_SIZE_DEFAULT)
+@click.option(
+    "--limit", type=click.IntRange(1, limits.PAGE_SIZE_MAX), default=limits.PAGE_SIZE_DEFAULT
+)
 def accounts_transfers(account_id: uuid.UUID, after: int, limit: int) -> None:
     """One page of an account's journal."""
 

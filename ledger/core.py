@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.db import Conn
 from ledger.queries import load_queries
 
 __all__ = [
@@ -131,7 +132,7 @@ def _transfer(row: asyncpg.Record) -> Transfer:
 
 
 async def create_account(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     kind: AccountKind,
     name: str,
@@ -148,18 +149,18 @@ async def create_account(
     return _account(row)
 
 
-async def get_account(conn: asyncpg.Connection, account_id: uuid.UUID) -> Account | None:
+async def get_account(conn: Conn, account_id: uuid.UUID) -> Account | None:
     row = await conn.fetchrow(queries["get_account"], account_id)
     return None if row is None else _account(row)
 
 
-async def get_transfer(conn: asyncpg.Connection, transfer_id: uuid.UUID) -> Transfer | None:
+async def get_transfer(conn: Conn, transfer_id: uuid.UUID) -> Transfer | None:
     row = await conn.fetchrow(queries["get_transfer"], transfer_id)
     return None if row is None else _transfer(row)
 
 
 async def create_transfer(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     transfer_id: uuid.UUID,
     debit_account_id: uuid.UUID,
@@ -188,7 +189,7 @@ async def create_transfer(
 
 
 async def post_pending(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     transfer_id: uuid.UUID,
     pending_id: uuid.UUID,
@@ -199,13 +200,20 @@ async def post_pending(
     """Post `amount` (default: all) of a hold; the remainder is released."""
     assert amount is None or amount > 0, "a zero capture is a void"
     outcome = await conn.fetchval(
-        queries["resolve_pending"], transfer_id, pending_id, True, amount, code, metadata or {}, False
+        queries["resolve_pending"],
+        transfer_id,
+        pending_id,
+        True,
+        amount,
+        code,
+        metadata or {},
+        False,
     )
     return TransferOutcome(outcome)
 
 
 async def void_pending(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     transfer_id: uuid.UUID,
     pending_id: uuid.UUID,
@@ -227,7 +235,7 @@ async def void_pending(
 
 
 async def list_account_transfers(
-    conn: asyncpg.Connection, account_id: uuid.UUID, *, after_seq: int, limit: int
+    conn: Conn, account_id: uuid.UUID, *, after_seq: int, limit: int
 ) -> list[Transfer]:
     rows = await conn.fetch(queries["list_account_transfers"], account_id, after_seq, limit)
     return [_transfer(row) for row in rows]

@@ -11,22 +11,29 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
 from ledger import limits
 from ledger.errors import DatabaseUnavailable
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "Conn",
     "connect",
     "create_pool",
     "ensure_database",
     "mask_dsn",
     "translate_connection_errors",
 ]
+
+# A connection, whether acquired from the pool or opened directly.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 # What a lost or refused database connection looks like from asyncpg.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (

@@ -21,11 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 __all__ = ["PG_BIN", "EmbeddedPostgres", "free_port"]
 
 log = logging.getLogger("ledger.embedded")
-
 
 
 def _pg_bin() -> Path:
@@ -114,13 +112,16 @@ class EmbeddedPostgres:
         user = _ensure_os_user()
         # Drop to the server user entirely: uid, gid and supplementary groups (a
         # process keeping root's gid would be refused by group bits of 0701 dirs).
-        ids: dict[str, object] = {}
+        uid = gid = None
+        groups: list[int] | None = None
         if user is not None:
             entry = pwd.getpwnam(user)
-            ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            uid, gid, groups = entry.pw_uid, entry.pw_gid, []
         result = subprocess.run(
             args,
-            **ids,  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
             capture_output=True,
             text=True,
             timeout=timeout_s,

@@ -47,18 +47,24 @@ _HTTP_CODES = {
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response[dict[str, Any]]:
-    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    return Response(
+        content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
 
 
 def _domain(request: Request[Any, Any, Any], exc: LedgerError) -> Response[dict[str, Any]]:
     return problem_response(exc.status, exc.problem(request.url.path), exc.headers or None)
 
 
-def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def _validation(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]]:
     errors = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
-            errors.append({"message": str(item.get("message", "")), "key": str(item.get("key", ""))})
+            errors.append(
+                {"message": str(item.get("message", "")), "key": str(item.get("key", ""))}
+            )
     error = ValidationFailed(_first_message(exc, errors), errors=errors)
     return _domain(request, error)
 
@@ -125,5 +131,6 @@ def exception_handlers() -> dict[type[Exception] | int, Any]:
         Exception: _internal,
     }
     for exc_type in CONNECTION_ERRORS:
-        handlers[exc_type] = _database
+        if issubclass(exc_type, Exception):
+            handlers[exc_type] = _database
     return handlers

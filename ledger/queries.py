@@ -7,9 +7,9 @@ block's documentation) and the statement. Code says `queries["post_transfer"]`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from importlib import resources
 from types import MappingProxyType
-from typing import Mapping
 
 __all__ = ["load_queries"]
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
-
 from ledger.db import connect
 from tests.conftest import Service
 from tests.helpers import assert_invariants, fund
@@ -33,15 +31,23 @@ async def test_health_checks_the_database(service: Service) -> None:
 
 
 async def test_operator_creates_account_and_owner_reads_it(service: Service) -> None:
-    response = await service.client.post("/v1/accounts", json={"name": "alice"}, headers=service.operator)
+    response = await service.client.post(
+        "/v1/accounts", json={"name": "alice"}, headers=service.operator
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     account, owner_key = body["account"], body["owner_api_key"]
     assert owner_key.startswith("lk_own_")
     assert account["kind"] == "customer_wallet"
-    assert (account["balance_micros"], account["available_micros"], account["unit"]) == (0, 0, "micro_usd")
+    assert (account["balance_micros"], account["available_micros"], account["unit"]) == (
+        0,
+        0,
+        "micro_usd",
+    )
 
-    read = await service.client.get(f"/v1/accounts/{account['id']}", headers=service.auth(owner_key))
+    read = await service.client.get(
+        f"/v1/accounts/{account['id']}", headers=service.auth(owner_key)
+    )
     assert read.status_code == 200
     assert read.json()["id"] == account["id"]
 
@@ -57,10 +63,18 @@ async def test_operator_creates_account_and_owner_reads_it(service: Service) -> 
 
 
 async def test_owner_cannot_see_other_accounts(service: Service) -> None:
-    a = (await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)).json()
-    b = (await service.client.post("/v1/accounts", json={"name": "b"}, headers=service.operator)).json()
-    other = await service.client.get(f"/v1/accounts/{b['account']['id']}", headers=service.auth(a["owner_api_key"]))
-    missing = await service.client.get(f"/v1/accounts/{uuid.uuid4()}", headers=service.auth(a["owner_api_key"]))
+    a = (
+        await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)
+    ).json()
+    b = (
+        await service.client.post("/v1/accounts", json={"name": "b"}, headers=service.operator)
+    ).json()
+    other = await service.client.get(
+        f"/v1/accounts/{b['account']['id']}", headers=service.auth(a["owner_api_key"])
+    )
+    missing = await service.client.get(
+        f"/v1/accounts/{uuid.uuid4()}", headers=service.auth(a["owner_api_key"])
+    )
     # Indistinguishable: no existence leak.
     assert_problem(other, 404, "not_found")
     assert_problem(missing, 404, "not_found")
@@ -72,8 +86,12 @@ async def test_owner_cannot_see_other_accounts(service: Service) -> None:
 
 
 async def test_owner_cannot_create_accounts(service: Service) -> None:
-    a = (await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)).json()
-    response = await service.client.post("/v1/accounts", json={"name": "x"}, headers=service.auth(a["owner_api_key"]))
+    a = (
+        await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)
+    ).json()
+    response = await service.client.post(
+        "/v1/accounts", json={"name": "x"}, headers=service.auth(a["owner_api_key"])
+    )
     assert_problem(response, 403, "forbidden")
 
 
@@ -97,29 +115,41 @@ async def test_bad_input_is_422_and_changes_nothing(service: Service) -> None:
     ]  # fmt: skip
     for body in cases:
         response = await service.client.post(
-            "/v1/accounts", content=body, headers={**service.operator, "Content-Type": "application/json"}
+            "/v1/accounts",
+            content=body,
+            headers={**service.operator, "Content-Type": "application/json"},
         )
         assert_problem(response, 422, "validation_failed")
     conn = await connect(service.dsn)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM accounts WHERE kind = 'customer_wallet'") == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM accounts WHERE kind = 'customer_wallet'") == 0
+        )
     finally:
         await conn.close()
 
 
 async def test_bad_path_and_query_parameters_are_422(service: Service) -> None:
-    created = (await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)).json()
+    created = (
+        await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)
+    ).json()
     key = service.auth(created["owner_api_key"])
     account_id = created["account"]["id"]
     # A path that is not a UUID names no resource at all.
-    assert_problem(await service.client.get("/v1/accounts/not-a-uuid", headers=key), 404, "not_found")
+    assert_problem(
+        await service.client.get("/v1/accounts/not-a-uuid", headers=key), 404, "not_found"
+    )
     for query in ("limit=0", "limit=501", "limit=abc", "after=-1", "after=99999999999999999999999"):
-        response = await service.client.get(f"/v1/accounts/{account_id}/transfers?{query}", headers=key)
+        response = await service.client.get(
+            f"/v1/accounts/{account_id}/transfers?{query}", headers=key
+        )
         assert_problem(response, 422, "validation_failed")
 
 
 async def test_journal_pages_through_every_entry(service: Service) -> None:
-    created = (await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)).json()
+    created = (
+        await service.client.post("/v1/accounts", json={"name": "a"}, headers=service.operator)
+    ).json()
     account_id = uuid.UUID(created["account"]["id"])
     conn = await connect(service.dsn)
     try:
@@ -131,7 +161,11 @@ async def test_journal_pages_through_every_entry(service: Service) -> None:
     seen: list[int] = []
     after = 0
     while True:
-        page = (await service.client.get(f"/v1/accounts/{account_id}/transfers?limit=3&after={after}", headers=key)).json()
+        page = (
+            await service.client.get(
+                f"/v1/accounts/{account_id}/transfers?limit=3&after={after}", headers=key
+            )
+        ).json()
         seen.extend(e["amount_micros"] for e in page["entries"])
         assert all(e["direction"] == "credit" for e in page["entries"])
         if page["next_after"] is None:
@@ -145,4 +179,8 @@ async def test_journal_pages_through_every_entry(service: Service) -> None:
 
 async def test_unknown_route_and_method_are_problems(service: Service) -> None:
     assert_problem(await service.client.get("/v1/nothing"), 404, "not_found")
-    assert_problem(await service.client.delete("/v1/accounts", headers=service.operator), 405, "method_not_allowed")
+    assert_problem(
+        await service.client.delete("/v1/accounts", headers=service.operator),
+        405,
+        "method_not_allowed",
+    )

@@ -18,7 +18,12 @@ async def test_transfer_moves_money_and_journal_matches(conn: asyncpg.Connection
     bob = await new_wallet(conn, "bob")
     tid = uuid.uuid4()
     outcome = await core.create_transfer(
-        conn, transfer_id=tid, debit_account_id=alice, credit_account_id=bob, amount=300, code="test"
+        conn,
+        transfer_id=tid,
+        debit_account_id=alice,
+        credit_account_id=bob,
+        amount=300,
+        code="test",
     )
     assert outcome is O.created
     assert await balance(conn, alice) == 700
@@ -85,8 +90,14 @@ async def test_hold_post_partial_releases_rest(conn: asyncpg.Connection) -> None
     account = await core.get_account(conn, alice)
     assert account is not None and (account.balance, account.available) == (1_000, 600)
     post = uuid.uuid4()
-    assert await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="capture") is O.created
-    assert await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="capture") is O.exists
+    assert (
+        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="capture")
+        is O.created
+    )
+    assert (
+        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="capture")
+        is O.exists
+    )
     again = await core.post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="capture")
     assert again is O.pending_transfer_already_posted
     void = await core.void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="void")
@@ -105,11 +116,18 @@ async def test_post_more_than_held_is_refused(conn: asyncpg.Connection) -> None:
         conn, transfer_id=hold, debit_account_id=alice, credit_account_id=shop, amount=100,
         code="hold", pending=True,
     )  # fmt: skip
-    too_much = await core.post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, amount=101, code="c")
+    too_much = await core.post_pending(
+        conn, transfer_id=uuid.uuid4(), pending_id=hold, amount=101, code="c"
+    )
     assert too_much is O.exceeds_pending_transfer_amount
-    not_pending = await core.post_pending(conn, transfer_id=uuid.uuid4(), pending_id=uuid.uuid4(), code="c")
+    not_pending = await core.post_pending(
+        conn, transfer_id=uuid.uuid4(), pending_id=uuid.uuid4(), code="c"
+    )
     assert not_pending is O.pending_transfer_not_found
-    assert await core.void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="v") is O.created
+    assert (
+        await core.void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="v")
+        is O.created
+    )
     account = await core.get_account(conn, alice)
     assert account is not None and (account.balance, account.available) == (1_000, 1_000)
     await assert_invariants(conn)
