@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,11 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
     import uvicorn
 
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
+    # uvicorn handles Ctrl-C/SIGTERM while it runs, then re-raises the signal to the
+    # handler it found; make that handler unwind normally so the embedded PostgreSQL
+    # is stopped by `database_dsn` rather than orphaned.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     with database_dsn(settings, own_server=True) as dsn:
         try:
             asyncio.run(prepare_database(dsn))
@@ -101,6 +107,10 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
             access_log=False,
             timeout_graceful_shutdown=10,
         )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _first_operator_key(dsn: str) -> str | None:

@@ -173,3 +173,15 @@ async def service(dsn: str) -> AsyncIterator[Service]:
             yield Service(url=url, dsn=dsn, operator_key=operator_key, client=client)
         finally:
             server.stop()
+
+
+@pytest.fixture
+async def service_dsn_and_key(dsn: str) -> tuple[str, str]:
+    """A migrated database with its first operator key."""
+    conn = await connect(dsn)
+    try:
+        key = await ensure_operator_key(conn)
+    finally:
+        await conn.close()
+    assert key is not None
+    return dsn, key

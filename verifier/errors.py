@@ -1,7 +1,8 @@
 """Errors of the credit-token and verify-and-debit surfaces.
 
     LedgerError (ledger.errors)
-    ├── TokenInvalid          401 token_invalid        malformed, bad signature, unknown kid, wrong version/purpose
+    ├── TokenInvalid          401 token_invalid        malformed, bad signature, unknown kid,
+    │                                                  wrong version or purpose
     ├── TokenExpired          401 token_expired
     ├── TokenNotYetValid      401 token_not_yet_valid
     ├── TokenRevoked          401 token_revoked        (itself or an ancestor)
