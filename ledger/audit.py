@@ -3,7 +3,12 @@
 1. the sum of all balances is zero (posted and pending);
 2. every account's balance equals its journal;
 3. no wallet below zero;
-4. no pending amount larger than what backs it (and no hold posted beyond its amount).
+4. no pending amount larger than what backs it (and no hold posted beyond its amount);
+
+and, for credit tokens and the charge path: no token's remaining budget below zero,
+token counters equal to what was charged/held through them, and every charge,
+capture, refund and hold matched one-to-one by the journal (so an idempotency key
+can never have moved money twice without the audit seeing an unmatched transfer).
 
 Used by tests after every scenario and by operators as `ledger audit`.
 """
@@ -76,6 +81,10 @@ async def _audit(conn: Conn) -> AuditReport:
         ("no_wallet_below_zero", "wallets_below_zero", "wallet below zero"),
         ("pending_backed", "pending_not_backed", "held more than the balance"),
         ("posted_within_hold", "pending_exceeding_hold", "resolution exceeds its hold"),
+        ("no_token_below_zero", "tokens_over_budget", "credit token over budget"),
+        ("token_budget_matches_charges", "token_counters_not_matching", "token counters differ"),
+        ("charges_match_journal", "charges_not_matching_journal", "charge/refund without journal"),
+        ("holds_match_journal", "holds_not_matching_journal", "hold state differs from journal"),
     )
     for invariant, query, detail in checks:
         rows = await conn.fetch(queries[query])

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -59,8 +59,23 @@ def mask_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
 
 
+def _encode_jsonb(value: Any) -> bytes:
+    return _JSONB_VERSION + msgspec.json.encode(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    assert data[:1] == _JSONB_VERSION, "unknown jsonb wire version"
+    return msgspec.json.decode(data[1:])
+
+
+_JSONB_VERSION = b"\x01"
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # Binary format, so composite types with jsonb fields can be sent too.
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -91,14 +91,14 @@ async def test_hold_post_partial_releases_rest(conn: asyncpg.Connection) -> None
     assert account is not None and (account.balance, account.available) == (1_000, 600)
     post = uuid.uuid4()
     assert (
-        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="capture")
+        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="post")
         is O.created
     )
     assert (
-        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="capture")
+        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="post")
         is O.exists
     )
-    again = await core.post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="capture")
+    again = await core.post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="post")
     assert again is O.pending_transfer_already_posted
     void = await core.void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="void")
     assert void is O.pending_transfer_already_posted
@@ -143,7 +143,7 @@ async def test_holds_count_against_available_balance(conn: asyncpg.Connection) -
     assert hold is O.created
     spend = await core.create_transfer(
         conn, transfer_id=uuid.uuid4(), debit_account_id=alice, credit_account_id=shop, amount=21,
-        code="charge",
+        code="debit",
     )  # fmt: skip
     assert spend is O.exceeds_credits
 
@@ -191,7 +191,7 @@ async def test_concurrent_debits_never_overdraw(pool: asyncpg.Pool) -> None:
         async with pool.acquire() as c:
             return await core.create_transfer(
                 c, transfer_id=uuid.uuid4(), debit_account_id=alice, credit_account_id=shop,
-                amount=1, code="charge",
+                amount=1, code="debit",
             )  # fmt: skip
 
     outcomes = await asyncio.gather(*(debit() for _ in range(200)))
@@ -213,7 +213,7 @@ async def test_concurrent_duplicates_move_money_once(pool: asyncpg.Pool) -> None
         async with pool.acquire() as c:
             return await core.create_transfer(
                 c, transfer_id=tid, debit_account_id=alice, credit_account_id=shop, amount=7,
-                code="charge",
+                code="debit",
             )  # fmt: skip
 
     outcomes = await asyncio.gather(*(debit() for _ in range(30)))

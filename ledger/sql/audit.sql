@@ -51,3 +51,54 @@ SELECT r.id, r.pending_id FROM transfers r JOIN transfers p ON p.id = r.pending_
     OR r.debit_account_id <> p.debit_account_id OR r.credit_account_id <> p.credit_account_id
     OR (r.kind = 'void_pending' AND r.amount <> p.amount)
  ORDER BY r.id;
+
+-- name: tokens_over_budget
+-- Invariant 3 for credit tokens: no remaining budget below zero.
+SELECT jti AS id, cap_micros, spent_micros, held_micros
+  FROM credit_tokens
+ WHERE spent_micros < 0 OR held_micros < 0 OR spent_micros + held_micros > cap_micros
+ ORDER BY jti;
+
+-- name: token_counters_not_matching
+-- Each credit token's spent/held equal what was charged/held (net of refunds) with
+-- it or any of its descendants.
+WITH RECURSIVE subtree (root, jti) AS (
+    SELECT jti, jti FROM credit_tokens
+    UNION ALL
+    SELECT s.root, t.jti FROM subtree s JOIN credit_tokens t ON t.parent_jti = s.jti
+), expected AS (
+    SELECT s.root,
+           coalesce(sum((SELECT coalesce(sum(c.amount_micros - c.refunded_micros), 0)
+                           FROM charges c WHERE c.token_jti = s.jti)), 0) AS spent,
+           coalesce(sum((SELECT coalesce(sum(h.amount_micros), 0)
+                           FROM holds h WHERE h.token_jti = s.jti AND h.status = 'pending')), 0) AS held
+      FROM subtree s GROUP BY s.root
+)
+SELECT t.jti AS id, t.spent_micros, e.spent AS expected_spent, t.held_micros, e.held AS expected_held
+  FROM credit_tokens t JOIN expected e ON e.root = t.jti
+ WHERE t.spent_micros <> e.spent OR t.held_micros <> e.held
+ ORDER BY t.jti;
+
+-- name: charges_not_matching_journal
+-- Every charge, capture and refund is exactly one journal transfer of its amount,
+-- and every journal charge/capture/refund transfer belongs to exactly one of them.
+SELECT coalesce(c.id, t.id) AS id, c.amount_micros, t.amount, t.code
+  FROM charges c FULL JOIN (SELECT * FROM transfers WHERE code IN ('charge', 'capture')) t
+    ON t.id = c.transfer_id
+ WHERE c.id IS NULL OR t.id IS NULL OR c.amount_micros <> t.amount
+UNION ALL
+SELECT coalesce(f.id, t.id), f.amount_micros, t.amount, t.code
+  FROM refunds f FULL JOIN (SELECT * FROM transfers WHERE code = 'refund') t ON t.id = f.transfer_id
+ WHERE f.id IS NULL OR t.id IS NULL OR f.amount_micros <> t.amount
+UNION ALL
+SELECT c.id, c.amount_micros, c.refunded_micros, 'refunded_total'
+  FROM charges c
+ WHERE c.refunded_micros <> (SELECT coalesce(sum(amount_micros), 0) FROM refunds f WHERE f.charge_id = c.id);
+
+-- name: holds_not_matching_journal
+-- A pending hold's transfer is unresolved; a resolved hold's transfer is resolved.
+SELECT h.id, h.status, r.kind AS resolution
+  FROM holds h LEFT JOIN transfers r ON r.pending_id = h.transfer_id
+ WHERE (h.status = 'pending') <> (r.id IS NULL)
+    OR (h.status = 'captured' AND r.kind <> 'post_pending')
+    OR (h.status IN ('voided', 'expired') AND r.kind <> 'void_pending');
