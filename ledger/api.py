@@ -22,7 +22,7 @@ from ledger.accounts import (
     read_journal,
     require_role,
 )
-from ledger.auth import Principal, Role, authenticate
+from ledger.auth import AuthCache, Principal, Role
 from ledger.errors import DatabaseUnavailable
 
 __all__ = ["AccountController", "Auth", "HealthController", "Pool", "dependencies"]
@@ -38,8 +38,8 @@ async def provide_pool(request: Request[Any, Any, Any]) -> asyncpg.Pool:
 
 
 async def provide_principal(request: Request[Any, Any, Any], pool: Pool) -> Principal:
-    async with pool.acquire() as conn:
-        return await authenticate(conn, request.headers.get("authorization"))
+    cache: AuthCache = request.app.state.auth_cache
+    return await cache.authenticate(pool, request.headers.get("authorization"))
 
 
 dependencies = {

@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from ledger import core
 from ledger.api import AccountController, HealthController, dependencies
+from ledger.auth import AuthCache
 from ledger.config import ConfigError, Settings
 from ledger.db import CONNECTION_ERRORS, create_pool
 from ledger.problems import exception_handlers
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_database],
         openapi_config=_openapi_config(),
         request_max_body_size=settings.request_body_bytes_max,
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "auth_cache": AuthCache()}),
         debug=False,
     )
     return Litestar.from_config(config)
