@@ -15,10 +15,11 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 from msgspec import Meta
 
 from ledger.queries import load_queries
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 queries = load_queries("verifier", "keys.sql")
+
+# A pool, a connection, or a connection acquired from a pool.
+Executor: TypeAlias = "asyncpg.Pool[Any] | asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 # ---- Hard limits of credit tokens (one place) --------------------------------
 # A token's spending cap and per-call maximum, in micro-USD (100,000 USD).
@@ -265,7 +269,7 @@ class KeyRing:
         return cls(keys)
 
 
-async def load_keyring(pool: asyncpg.Pool | asyncpg.Connection) -> KeyRing:
+async def load_keyring(pool: Executor) -> KeyRing:
     """Every non-retired public key from `signing_keys` (never the secret seeds)."""
     rows = await pool.fetch(queries["public_keys"])
     return KeyRing(
