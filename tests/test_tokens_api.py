@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -321,3 +322,36 @@ async def test_no_credit_token_or_signing_key_in_any_log_line(
     assert "capture probe" in text  # the capture works, so absence below means something
     for secret in secrets_:
         assert secret not in text
+
+
+async def test_revocation_racing_delegation_leaves_no_live_descendant(service: Service) -> None:
+    _, owner = await _account(service)
+    root = await _mint(service, owner, cap_micros=100_000)
+    for _ in range(5):
+        middle = (await _delegate(service, root["token"], cap_micros=1_000)).json()
+        leaf = (await _delegate(service, middle["token"], cap_micros=100)).json()
+        racers = [_delegate(service, leaf["token"], cap_micros=10) for _ in range(4)]
+        racers += [_delegate(service, middle["token"], cap_micros=10) for _ in range(2)]
+        revoke = service.client.post(f"/v1/tokens/{middle['jti']}/revoke", headers=owner)
+        responses = await asyncio.gather(revoke, *racers)
+        assert responses[0].status_code == 200
+        for response in responses[1:]:
+            assert response.status_code in (201, 401), response.text
+    conn = await connect(service.dsn)
+    try:
+        live_under_revoked = await conn.fetchval(
+            """
+            WITH RECURSIVE under AS (
+                SELECT jti FROM credit_tokens WHERE revoked_at IS NOT NULL
+                UNION
+                SELECT c.jti FROM credit_tokens c JOIN under u ON c.parent_jti = u.jti
+            )
+            SELECT count(*) FROM credit_tokens
+             WHERE jti IN (SELECT jti FROM under) AND revoked_at IS NULL
+            """
+        )
+        total = await conn.fetchval("SELECT count(*) FROM credit_tokens")
+    finally:
+        await conn.close()
+    assert live_under_revoked == 0
+    assert total > 11  # the races did create children

@@ -96,3 +96,18 @@ async def test_cli_rotation_over_http(service: Service) -> None:
     ).status_code == 200
     for output in (rotated.output, listing.output, retired.output):
         assert before["token"] not in output and "secret" not in output
+
+
+async def test_keyring_cache_reloads_for_an_unknown_kid(pool: asyncpg.Pool[Any]) -> None:
+    await keys.ensure_signing_keys(pool)
+    eager = vt.KeyRingCache(ttl_s=3600, reload_min_s=0)
+    lazy = vt.KeyRingCache(ttl_s=3600, reload_min_s=3600)
+    first = await eager.get(pool)
+    await lazy.get(pool)
+    async with pool.acquire() as conn:
+        new_kid = await keys.rotate_signing_key(conn, "credit_token")
+    assert new_kid not in first
+    assert await eager.get(pool) is first  # within its TTL nothing is re-read
+    assert new_kid in await eager.get(pool, kid=new_kid)
+    # Reloads for unknown kids are rate-limited.
+    assert new_kid not in await lazy.get(pool, kid=new_kid)

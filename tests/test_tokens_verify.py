@@ -189,6 +189,9 @@ _FUZZ_SIGNER = _signer()
 @given(
     st.one_of(
         st.binary(max_size=300),
+        # Invalid UTF-8 inside JSON strings, in the first claim and deeper.
+        st.binary(max_size=20).map(lambda b: b'{"iss":"' + b + b'"}'),
+        st.binary(max_size=20).map(lambda b: b'{"aud":["' + b + b'"],"iss":"x"}'),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
             lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=6),
@@ -249,3 +252,69 @@ def test_keyring_from_published_document_refuses_mismatched_kid() -> None:
                        "purpose": "credit_token", "state": "active"}]}  # fmt: skip
     with pytest.raises(TokenInvalid):
         vt.KeyRing.from_published(lying)
+
+
+def test_any_single_byte_flip_of_a_credit_token_is_token_invalid() -> None:
+    signer = _signer()
+    token = _mint(signer, _claims(signer))
+    ring = _ring(signer)
+    raw = token.encode()
+    for i in range(len(raw)):
+        mutated = bytearray(raw)
+        mutated[i] ^= 0x04
+        with pytest.raises(TokenInvalid):
+            vt.verify_credit_token(mutated.decode("latin-1"), ring, now=T0)
+    for length in range(len(token)):
+        with pytest.raises(TokenInvalid):
+            vt.verify_credit_token(token[:length], ring, now=T0)
+
+
+_NAMES = st.sampled_from(["a", "ab", "a.b", "a.c", "b", "ba"])
+_PATTERNS = st.one_of(_NAMES, _NAMES.map(lambda n: n + "*"), st.just("*"), st.just("a.*"))
+_MERCHANTS = st.sampled_from(["m1", "m2", "m3"])
+_AUDIENCES = st.one_of(st.just(["*"]), st.lists(_MERCHANTS, min_size=1, max_size=3, unique=True))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parent_aud=_AUDIENCES,
+    parent_tools=st.lists(_PATTERNS, min_size=1, max_size=3),
+    parent_max=st.integers(1, 100),
+    child_aud=st.none() | _AUDIENCES,
+    child_tools=st.none() | st.lists(_PATTERNS, min_size=1, max_size=3),
+    child_max=st.none() | st.integers(1, 200),
+    cap=st.integers(1, 300),
+)
+def test_an_accepted_delegation_never_widens_the_scope(
+    parent_aud: list[str],
+    parent_tools: list[str],
+    parent_max: int,
+    child_aud: list[str] | None,
+    child_tools: list[str] | None,
+    child_max: int | None,
+    cap: int,
+) -> None:
+    from issuer.tokens import DelegateRequest, _child_scope
+    from ledger.errors import ValidationFailed
+
+    signer = _FUZZ_SIGNER
+    parent = _claims(signer, aud=parent_aud, tools=parent_tools, max_per_call=parent_max)
+    request = DelegateRequest(
+        cap_micros=cap, max_per_call_micros=child_max, audiences=child_aud, tools=child_tools
+    )
+    try:
+        scope = _child_scope(parent, request)
+    except (ScopeDenied, ValidationFailed):
+        return
+    child = _claims(
+        signer, aud=scope.audiences, tools=scope.tools, max_per_call=scope.max_per_call_micros
+    )
+    assert child.max_per_call <= parent.max_per_call
+    assert child.max_per_call <= cap
+    for merchant in ("m1", "m2", "m3", "m4"):
+        for tool in ("a", "ab", "a.b", "a.c", "a.bz", "b", "ba", "c", "abc"):
+            try:
+                vt.check_scope(child, merchant_id=merchant, tool=tool)
+            except ScopeDenied:
+                continue
+            vt.check_scope(parent, merchant_id=merchant, tool=tool)  # must not raise

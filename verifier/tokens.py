@@ -11,7 +11,9 @@ database constraints (migrations/0002) agree with them.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,23 +35,33 @@ __all__ = [
     "CAP_MAX",
     "DEFAULT_LEEWAY_S",
     "DEPTH_MAX",
+    "DESCRIPTION_LENGTH_MAX",
+    "KEYRING_CACHE_TTL_S",
+    "KEYRING_RELOAD_MIN_S",
+    "LEEWAY_MAX_S",
     "LIFETIME_MAX_S",
     "MAX_PER_CALL_MAX",
     "TOOLS_MAX",
     "TOOL_LENGTH_MAX",
     "TOOL_PATTERN",
     "CreditTokenClaims",
+    "Executor",
     "KeyPurpose",
     "KeyRing",
+    "KeyRingCache",
     "KeyState",
     "PublicKey",
     "PublishedKey",
     "PublishedKeys",
     "audience_covers",
     "check_scope",
+    "check_time",
+    "encode_claims",
+    "encode_footer",
     "load_keyring",
     "parse_claims",
     "parse_footer",
+    "token_kid",
     "tool_matches",
     "tool_pattern_covers",
     "verify_credit_token",
@@ -74,6 +86,10 @@ TOOLS_MAX = 64
 TOOL_LENGTH_MAX = 128
 DESCRIPTION_LENGTH_MAX = 200
 ISSUER_LENGTH_MAX = 200
+# How long a process trusts its cached key ring, and how often an unknown kid may
+# force a reload (so garbage kids cannot hammer the database).
+KEYRING_CACHE_TTL_S = 30.0
+KEYRING_RELOAD_MIN_S = 1.0
 # Clock skew tolerated on nbf and exp.
 DEFAULT_LEEWAY_S = 30
 LEEWAY_MAX_S = 300
@@ -160,7 +176,7 @@ def parse_footer(footer: bytes) -> str:
     """The `kid` in a credit token's footer."""
     try:
         return _footer_decoder.decode(footer).kid
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeDecodeError):
         raise TokenInvalid('footer is not {"kid": "k4.pid…"}') from None
 
 
@@ -168,6 +184,8 @@ def parse_claims(message: bytes, kid: str) -> CreditTokenClaims:
     """Typed claims from a verified message; any malformation is `TokenInvalid`."""
     try:
         raw = _claims_decoder.decode(message)
+    except UnicodeDecodeError:
+        raise TokenInvalid("claims are not valid: not UTF-8") from None
     except msgspec.MsgspecError as exc:
         raise TokenInvalid(f"claims are not valid: {_safe(exc)}") from None
     if not raw.nbf < raw.exp:
@@ -243,6 +261,9 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def __contains__(self, kid: object) -> bool:
+        return kid in self._keys
+
     def published(self) -> PublishedKeys:
         return PublishedKeys(keys=[PublishedKey(k.kid, k.paserk, k.purpose, k.state) for k in self])
 
@@ -281,6 +302,53 @@ async def load_keyring(pool: Executor) -> KeyRing:
         )
         for row in rows
     )
+
+
+class KeyRingCache:
+    """A key ring re-read from the database at most every `ttl_s` seconds, or
+    sooner (at most every `reload_min_s`) when a token names a kid it lacks, so a
+    key rotated in by another process is picked up at once and a retired key
+    stops verifying within `ttl_s`. For the hot path; one per process.
+    """
+
+    def __init__(
+        self, *, ttl_s: float = KEYRING_CACHE_TTL_S, reload_min_s: float = KEYRING_RELOAD_MIN_S
+    ) -> None:
+        assert 0 <= reload_min_s <= ttl_s
+        self._ttl_s = ttl_s
+        self._reload_min_s = reload_min_s
+        self._keyring: KeyRing | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self, pool: Executor, *, kid: str | None = None) -> KeyRing:
+        """The key ring; pass the token's `kid` to reload early if it is unknown."""
+        if not self._stale(kid):
+            assert self._keyring is not None
+            return self._keyring
+        async with self._lock:
+            if self._stale(kid):
+                self._keyring = await load_keyring(pool)
+                self._loaded_at = time.monotonic()
+        assert self._keyring is not None
+        return self._keyring
+
+    def _stale(self, kid: str | None) -> bool:
+        if self._keyring is None:
+            return True
+        age = time.monotonic() - self._loaded_at
+        if age >= self._ttl_s:
+            return True
+        unknown = kid is not None and kid not in self._keyring
+        return unknown and age >= self._reload_min_s
+
+
+def token_kid(token: str) -> str:
+    """The kid in a credit token's footer (unverified), to pick or refresh keys."""
+    decoded = paseto.split_token(token)
+    if not decoded.footer:
+        raise TokenInvalid("the footer with the key id is missing")
+    return parse_footer(decoded.footer)
 
 
 # ---- Verification --------------------------------------------------------------
