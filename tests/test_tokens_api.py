@@ -191,8 +191,12 @@ async def test_revocation_cascades_to_descendants(service: Service) -> None:
     conn = await connect(service.dsn)
     try:
         rows = await conn.fetch("SELECT jti, revoked_at FROM credit_tokens")
+        ancestors = await conn.fetchval(
+            "SELECT ancestors FROM credit_tokens WHERE jti = $1", uuid.UUID(grandchild["jti"])
+        )
     finally:
         await conn.close()
+    assert [str(a) for a in ancestors] == [root["jti"], child["jti"]]
     revoked = {str(r["jti"]) for r in rows if r["revoked_at"] is not None}
     assert revoked == {child["jti"], grandchild["jti"]}
     # Idempotent: the first revocation time stands.

@@ -1,4 +1,5 @@
 -- name: insert_token
+-- `ancestors` is filled in by the trigger `credit_tokens_set_ancestors`.
 INSERT INTO credit_tokens (jti, account_id, parent_jti, depth, kid, audiences, tools,
                            max_per_call_micros, cap_micros, not_before, expires_at, description)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -34,22 +35,16 @@ SELECT jti, account_id, parent_jti, depth, kid, audiences, tools, max_per_call_m
 SELECT jti FROM credit_tokens WHERE jti = $1 FOR UPDATE;
 
 -- name: token_chain
--- A credit token and all its ancestors, root first, with the account's available
--- balance. Delegation depth is bounded, so this is at most DEPTH_MAX + 1 rows.
-WITH RECURSIVE chain AS (
-    SELECT jti, parent_jti, account_id, depth, cap_micros, spent_micros, held_micros,
-           revoked_at, expires_at
-      FROM credit_tokens WHERE jti = $1
-    UNION ALL
-    SELECT p.jti, p.parent_jti, p.account_id, p.depth, p.cap_micros, p.spent_micros,
-           p.held_micros, p.revoked_at, p.expires_at
-      FROM credit_tokens p JOIN chain c ON p.jti = c.parent_jti
-     WHERE c.depth > 0
-)
-SELECT chain.*,
+-- A credit token and all its ancestors, with the account's available balance.
+-- Delegation depth is bounded, so this is at most DEPTH_MAX + 1 rows.
+SELECT c.jti, c.parent_jti, c.account_id, c.depth, c.cap_micros, c.spent_micros,
+       c.held_micros, c.revoked_at, c.expires_at,
        a.credits_posted - a.debits_posted - a.debits_pending AS account_available_micros
-  FROM chain JOIN accounts a ON a.id = chain.account_id
- ORDER BY chain.depth;
+  FROM credit_tokens t
+  JOIN credit_tokens c ON c.jti = ANY(t.ancestors || t.jti)
+  JOIN accounts a ON a.id = c.account_id
+ WHERE t.jti = $1
+ ORDER BY c.depth;
 
 -- name: revoke_token
 -- Revoke one credit token (idempotent: the first revocation time is kept).
@@ -60,10 +55,5 @@ RETURNING revoked_at;
 -- name: revoke_descendants
 -- Every descendant of a revoked token is revoked too, so the charge path needs
 -- only look at a token's own row (and, belt and braces, its ancestors).
-WITH RECURSIVE descendants AS (
-    SELECT jti FROM credit_tokens WHERE parent_jti = $1
-    UNION ALL
-    SELECT c.jti FROM credit_tokens c JOIN descendants d ON c.parent_jti = d.jti
-)
 UPDATE credit_tokens SET revoked_at = $2
- WHERE jti IN (SELECT jti FROM descendants) AND revoked_at IS NULL;
+ WHERE ancestors @> ARRAY[$1::uuid] AND revoked_at IS NULL;
