@@ -43,6 +43,7 @@ __all__ = [
     "MAX_PER_CALL_MAX",
     "TOOLS_MAX",
     "TOOL_LENGTH_MAX",
+    "TOOL_NAME_PATTERN",
     "TOOL_PATTERN",
     "CreditTokenClaims",
     "Executor",
@@ -53,6 +54,7 @@ __all__ = [
     "PublicKey",
     "PublishedKey",
     "PublishedKeys",
+    "ToolName",
     "audience_covers",
     "check_scope",
     "check_time",
@@ -100,7 +102,8 @@ ANY = "*"
 TOOL_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9_.:/-]{0,126}\*?)$"
 # An audience is a merchant id (letters, digits, '-', '_') or "*".
 AUDIENCE_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$"
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$"
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
 
 Audience = Annotated[
     str, Meta(min_length=1, max_length=AUDIENCE_LENGTH_MAX, pattern=AUDIENCE_PATTERN)
@@ -111,6 +114,8 @@ ToolPatterns = Annotated[list[ToolPattern], Meta(min_length=1, max_length=TOOLS_
 CapMicros = Annotated[int, Meta(ge=1, le=CAP_MAX)]
 MaxPerCallMicros = Annotated[int, Meta(ge=1, le=MAX_PER_CALL_MAX)]
 UtcTime = Annotated[datetime, Meta(tz=True)]
+# The name of the tool a charge is for (use in request types of the charge path).
+ToolName = Annotated[str, Meta(min_length=1, max_length=TOOL_LENGTH_MAX, pattern=TOOL_NAME_PATTERN)]
 
 KeyPurpose = Literal["credit_token", "receipt"]
 KeyState = Literal["active", "verify_only"]
