@@ -28,7 +28,7 @@ from ledger.auth import Principal, Role, bearer_credential
 from ledger.errors import Forbidden, NotFound, ValidationFailed
 from ledger.queries import load_queries
 from verifier import tokens as vt
-from verifier.errors import BudgetExhausted, BudgetLimit, ScopeDenied, TokenInvalid, TokenRevoked
+from verifier.errors import BudgetExhausted, ScopeDenied, TokenInvalid, TokenRevoked
 
 __all__ = [
     "DEFAULT_LIFETIME_S",
@@ -391,14 +391,15 @@ async def _chain(conn: Executor, jti: uuid.UUID) -> list[asyncpg.Record]:
     return rows
 
 
-def _remaining(rows: list[asyncpg.Record]) -> tuple[int, BudgetLimit]:
-    own = rows[0]["cap_micros"] - rows[0]["spent_micros"] - rows[0]["held_micros"]
-    remaining, limit = own, "token_cap"
+def _remaining(rows: list[asyncpg.Record]) -> tuple[int, Literal["token_cap", "ancestor_cap"]]:
+    """The effective remaining budget (min over the chain) and which row binds it."""
+    remaining = rows[0]["cap_micros"] - rows[0]["spent_micros"] - rows[0]["held_micros"]
+    limit: Literal["token_cap", "ancestor_cap"] = "token_cap"
     for row in rows[1:]:
         left = row["cap_micros"] - row["spent_micros"] - row["held_micros"]
         if left < remaining:
             remaining, limit = left, "ancestor_cap"
-    return remaining, limit  # type: ignore[return-value]
+    return remaining, limit
 
 
 async def inspect_token(pool: asyncpg.Pool[Any], authorization: str | None) -> SelfView:
@@ -418,7 +419,7 @@ async def inspect_token(pool: asyncpg.Pool[Any], authorization: str | None) -> S
         spent_micros=own["spent_micros"],
         held_micros=own["held_micros"],
         remaining_micros=remaining,
-        limited_by="token_cap" if limit == "token_cap" else "ancestor_cap",
+        limited_by=limit,
         account_available_micros=available,
         spendable_micros=max(0, min(remaining, available)),
         not_before=claims.nbf,

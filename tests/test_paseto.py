@@ -163,3 +163,12 @@ def test_parser_raises_only_the_domain_error(text: str) -> None:
     except TokenInvalid:
         return
     raise AssertionError("an arbitrary string verified")
+
+
+def test_every_local_vector_is_refused() -> None:
+    tests: list[dict[str, Any]] = json.loads(VECTORS.read_text())["tests"]
+    local = [t for t in tests if (t.get("token") or "").startswith("v4.local.")]
+    assert local
+    for vector in local:
+        with pytest.raises(TokenInvalid):
+            _check(vector["token"], bytes(32))
