@@ -42,12 +42,22 @@ async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
             log.warning("expiry sweep skipped: database unavailable")
 
 
+async def _ensure_signing_keys(app: Litestar) -> None:
+    """An active signing key per purpose; idempotent across concurrent workers."""
+    from issuer.keys import ensure_signing_keys
+
+    created = await ensure_signing_keys(app.state.pool)
+    if created:
+        log.info("created %d signing key(s): %s", len(created), ", ".join(created))
+
+
 @contextlib.asynccontextmanager
 async def _database(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not settings.database_url:
         raise ConfigError("DATABASE_URL is not set (`ledger serve` sets it for you)")
     app.state.pool = await create_pool(settings.database_url, max_size=settings.pool_size_max)
+    await _ensure_signing_keys(app)
     sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
     try:
         yield
@@ -87,7 +97,7 @@ def _openapi_config() -> OpenAPIConfig:
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
 # module; the assembly lists them here and nowhere else.
-_FEATURE_API_MODULES: tuple[str, ...] = ()
+_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api",)
 
 
 def _route_handlers() -> list[Any]:

@@ -18,6 +18,7 @@ import asyncpg
 import click
 import msgspec
 
+from issuer.cli import ensure_signing_keys_at, keys_group
 from ledger import accounts, core, limits
 from ledger.audit import run_audit
 from ledger.auth import ensure_operator_key, rotate_operator_key
@@ -88,6 +89,7 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
         except MigrationError as exc:
             raise click.ClickException(str(exc)) from exc
         operator_key = asyncio.run(_first_operator_key(dsn))
+        ensure_signing_keys_at(dsn)
         if operator_key is not None:
             click.echo(
                 "\nOperator API key (shown once; store it now, rotate with "
@@ -267,3 +269,6 @@ def openapi(output: Path, check: bool) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     click.echo(f"wrote {output}")
+
+
+main.add_command(keys_group)
