@@ -353,7 +353,7 @@ async def test_revocation_racing_delegation_leaves_no_live_descendant(service: S
     finally:
         await conn.close()
     assert live_under_revoked == 0
-    assert total > 11  # the races did create children
+    assert total >= 11  # root, 5 middles, 5 leaves (+ whichever racers won)
 
 
 def test_the_log_check_catches_a_leak(caplog: pytest.LogCaptureFixture) -> None:
