@@ -86,7 +86,7 @@ def _openapi_config() -> OpenAPIConfig:
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
 # module; the assembly lists them here and nowhere else.
-_FEATURE_API_MODULES: tuple[str, ...] = ()
+_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.topups_api",)
 
 
 def _route_handlers() -> list[Any]:
