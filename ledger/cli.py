@@ -253,3 +253,12 @@ def openapi(output: Path, check: bool) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     click.echo(f"wrote {output}")
+
+
+def _register_features() -> None:
+    from issuer.usdc_cli import usdc_group
+
+    main.add_command(usdc_group)
+
+
+_register_features()
