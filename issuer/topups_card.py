@@ -348,6 +348,8 @@ async def _credit(conn: asyncpg.Connection, session: _Session) -> str:
         log.warning("paid checkout session %s names no customer wallet", session.id)
         return "unknown_account"
     payment_id = session.payment_intent or session.id
+    if await conn.fetchval(queries["payment_seen"], payment_id, session.id):
+        return "already_credited"
     transfer_id = payment_transfer_id(payment_id)
     amount = cents * MICROS_PER_CENT
     outcome = await core.create_transfer(

@@ -87,6 +87,10 @@ class Settings:
     def usdc_configured(self) -> bool:
         return bool(self.usdc_rpc_url and self.usdc_contract and self.usdc_treasury)
 
+    def __post_init__(self) -> None:
+        if self.card_topup_min_micros > self.card_topup_max_micros:
+            raise ConfigError("CARD_TOPUP_MIN_MICROS must not exceed CARD_TOPUP_MAX_MICROS")
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)

@@ -433,3 +433,29 @@ async def test_dispute_with_empty_wallet_is_all_shortfall(card_service: Service)
     finally:
         await conn.close()
     await assert_invariants(card_service.dsn)
+
+
+def test_settings_read_topup_configuration_and_hide_secrets() -> None:
+    from ledger.config import ConfigError, Settings
+
+    env = {
+        "STRIPE_SECRET_KEY": STRIPE_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_WEBHOOK_TOLERANCE_S": "60",
+        "CARD_TOPUP_MIN_MICROS": "5000000",
+        "USDC_CONTRACT": "0x" + "ab" * 20,
+        "USDC_CONFIRMATIONS": "20",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.stripe_webhook_tolerance_s, settings.card_topup_min_micros) == (60, 5_000_000)
+    assert settings.usdc_confirmations == 20 and not settings.usdc_configured
+    assert STRIPE_KEY not in repr(settings) and WEBHOOK_SECRET not in repr(settings)
+    bad = [
+        {"CARD_TOPUP_MIN_MICROS": "9000000", "CARD_TOPUP_MAX_MICROS": "8000000"},
+        {"USDC_TREASURY": "0x1234"},
+        {"STRIPE_WEBHOOK_TOLERANCE_S": "0"},
+        {"USDC_CONFIRMATIONS": "zero"},
+    ]
+    for case in bad:
+        with pytest.raises(ConfigError):
+            Settings.from_env(case)

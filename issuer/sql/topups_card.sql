@@ -13,6 +13,10 @@ SELECT outcome FROM stripe_events WHERE event_id = $1;
 -- name: wallet_kind
 SELECT kind FROM accounts WHERE id = $1;
 
+-- name: payment_seen
+-- Whether this payment or this session was credited before.
+SELECT EXISTS (SELECT 1 FROM card_payments WHERE payment_id = $1 OR session_id = $2);
+
 -- name: insert_payment
 -- A paid payment, once; no row back means it is already recorded.
 INSERT INTO card_payments (payment_id, session_id, account_id, amount_micros, transfer_id)
