@@ -19,6 +19,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from issuer.usdc_watcher import UsdcConfigError, UsdcWatcher, watcher_lock
+from issuer.usdc_watcher import queries as usdc_queries
 from ledger import core
 from ledger.auth import ensure_operator_key
 from ledger.config import Settings
@@ -331,6 +332,11 @@ async def test_unlinked_sender_is_unattributed_until_operator_assigns(
         )
         assert await balance(conn, account_id) == 7_000_000
         assert await journal(conn, account_id) == [("topup_usdc", 7_000_000, USDC)]
+        alerts = await service.client.get("/v1/usdc/reorg-alerts", headers=service.operator)
+        assert (alerts.status_code, alerts.json()) == (200, [])
+        assert_problem(
+            await service.client.get("/v1/usdc/reorg-alerts", headers=owner), 403, "forbidden"
+        )
         await assert_invariants(conn)
     finally:
         await conn.close()
@@ -385,6 +391,19 @@ async def test_reorg_deeper_than_confirmations_is_reported(
     assert alert is not None and alert["affected_deposits"] == [str(dep_id)]
     assert alert["found_hash"] != alert["expected_hash"]
     # Nothing is silently undone or credited twice; the ledger stays consistent.
+    assert await balance(conn, account.id) == 5_000_000
+    # The operator resumes with a rescan: the dropped transfer is not on the new chain,
+    # the recorded deposit is not repeated, and the halt is over.
+    status = await conn.execute(
+        usdc_queries["resume_cursor"],
+        CHAIN_ID,
+        chain.token.address.lower(),
+        chain.treasury.lower(),
+        0,
+    )
+    assert status == "UPDATE 1"
+    assert (await scan(pool, settings))[-1] == "idle"
+    assert await conn.fetchval("SELECT count(*) FROM usdc_deposits") == 1
     assert await balance(conn, account.id) == 5_000_000
     await assert_invariants(conn)
 
