@@ -301,6 +301,8 @@ def bench(clients: int, duration: float, workers: int, as_json: bool) -> None:
     """Measure verify-and-debit against same-run baselines (web floor, pgbench)."""
     from verifier.bench import BenchConfig, run_bench
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
     report = run_bench(BenchConfig(clients=clients, duration_s=duration, workers=workers))
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
@@ -326,6 +328,10 @@ def bench(clients: int, duration: float, workers: int, as_json: bool) -> None:
         f"p99 {report['p99_ms']} ms, max {report['max_ms']} ms"
     )
     click.echo(f"  service peak RSS                 {report['server_rss_mb_max']:>10.1f} MB")
+    cpu = report["service_cpu_us_per_request"]
+    click.echo(
+        f"  service CPU per request: floor {cpu['floor']} us, spread {cpu['spread']} us, shared {cpu['shared']} us"
+    )
 
 
 def _register_features() -> None:

@@ -142,9 +142,26 @@ CREATE TYPE charge_result AS (
 -- one update per account, one per credit token). Batching is what lets many agents
 -- share one wallet, one credit token and one merchant: the hot rows are locked and
 -- committed once per batch instead of once per charge.
-CREATE FUNCTION ledger_charge_batch(p_requests charge_request[])
-RETURNS SETOF charge_result LANGUAGE plpgsql AS $$
+--
+-- The requests arrive as parallel arrays, one per field of `charge_request`
+-- (simple arrays cost the client far less to encode than an array of records).
+CREATE FUNCTION ledger_charge_batch(
+    p_id uuid[], p_kind text[], p_merchant_id uuid[], p_revenue_account_id uuid[],
+    p_idempotency_key text[], p_request_hash bytea[], p_token_jti uuid[], p_tool text[],
+    p_amount bigint[], p_receipt_id uuid[], p_receipt_kid text[], p_hold_timeout_s integer[],
+    p_metadata jsonb[]
+) RETURNS SETOF charge_result LANGUAGE plpgsql AS $$
 DECLARE
+    p_requests charge_request[] := (
+        SELECT array_agg(ROW(u.id, u.kind, u.merchant_id, u.revenue_account_id, u.idempotency_key,
+                             u.request_hash, u.token_jti, u.tool, u.amount, u.receipt_id,
+                             u.receipt_kid, u.hold_timeout_s, u.metadata)::charge_request ORDER BY u.ord)
+          FROM unnest(p_id, p_kind, p_merchant_id, p_revenue_account_id, p_idempotency_key,
+                      p_request_hash, p_token_jti, p_tool, p_amount, p_receipt_id, p_receipt_kid,
+                      p_hold_timeout_s, p_metadata)
+               WITH ORDINALITY AS u(id, kind, merchant_id, revenue_account_id, idempotency_key,
+                                    request_hash, token_jti, tool, amount, receipt_id, receipt_kid,
+                                    hold_timeout_s, metadata, ord));
     n integer := coalesce(array_length(p_requests, 1), 0);
     r charge_request;
     res charge_result;

@@ -78,57 +78,86 @@ class ChargeBatcher:
         return await future
 
     async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < BATCH_SIZE_MAX and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            live = [(req, fut) for req, fut in batch if not fut.done()]
-            if live:
-                await self._execute(live)
-
-    async def _execute(
-        self, batch: Sequence[tuple[ChargeRequest, asyncio.Future[asyncpg.Record]]]
-    ) -> None:
+        # Each worker keeps one connection for its batches: handing it back to the
+        # pool after every batch would cost a reset round trip per batch.
+        conn: Any = None
         try:
-            rows = await self._call([req for req, _ in batch])
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < BATCH_SIZE_MAX and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                live = [(req, fut) for req, fut in batch if not fut.done()]
+                if not live:
+                    continue
+                if conn is None:
+                    try:
+                        conn = await self._pool.acquire()
+                    except Exception as exc:
+                        _fail(live, exc)
+                        continue
+                if not await self._execute(conn, live):
+                    # The connection may be broken: hand it back, take a fresh one next time.
+                    await self._release(conn)
+                    conn = None
+        finally:
+            if conn is not None:
+                await self._release(conn)
+
+    async def _release(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
+
+    async def _execute(self, conn: Any, batch: Sequence[_Item]) -> bool:
+        """Apply a batch; False when the connection failed and should be replaced."""
+        try:
+            rows = await _call(conn, [req for req, _ in batch])
         except _TRANSIENT:
             # Retry one by one so a single conflicting request cannot fail the rest.
-            for item in batch:
-                await self._execute_single(*item)
-            return
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
+            for request, future in batch:
+                await _execute_single(conn, request, future)
+            return True
+        except asyncpg.PostgresError as exc:
+            _fail(batch, exc)
+            return True
+        except Exception as exc:
+            _fail(batch, exc)
+            return False
         for (_, future), row in zip(batch, rows, strict=True):
             if not future.done():
                 future.set_result(row)
+        return True
 
-    async def _execute_single(
-        self, request: ChargeRequest, future: asyncio.Future[asyncpg.Record]
-    ) -> None:
-        for attempt in range(SINGLE_RETRIES_MAX):
-            try:
-                rows = await self._call([request])
-            except _TRANSIENT as exc:
-                if attempt + 1 < SINGLE_RETRIES_MAX:
-                    continue
-                if not future.done():
-                    future.set_exception(exc)
-                return
-            except Exception as exc:
-                if not future.done():
-                    future.set_exception(exc)
-                return
-            if not future.done():
-                future.set_result(rows[0])
+
+_Item = tuple[ChargeRequest, "asyncio.Future[asyncpg.Record]"]
+
+
+def _fail(batch: Sequence[_Item], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
+async def _execute_single(
+    conn: Any, request: ChargeRequest, future: asyncio.Future[asyncpg.Record]
+) -> None:
+    for attempt in range(SINGLE_RETRIES_MAX):
+        try:
+            rows = await _call(conn, [request])
+        except _TRANSIENT as exc:
+            if attempt + 1 < SINGLE_RETRIES_MAX:
+                continue
+            _fail([(request, future)], exc)
             return
+        except Exception as exc:
+            _fail([(request, future)], exc)
+            return
+        if not future.done():
+            future.set_result(rows[0])
+        return
 
-    async def _call(self, requests: list[ChargeRequest]) -> list[asyncpg.Record]:
-        async with self._pool.acquire() as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(queries["charge_batch"], requests)
-        assert len(rows) == len(requests), "one result per request"
-        return rows
+
+async def _call(conn: Any, requests: list[ChargeRequest]) -> list[asyncpg.Record]:
+    columns = [list(column) for column in zip(*requests, strict=True)]
+    rows: list[asyncpg.Record] = await conn.fetch(queries["charge_batch"], *columns)
+    assert len(rows) == len(requests), "one result per request"
+    return rows

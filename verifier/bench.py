@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +57,22 @@ class BenchConfig:
 
 
 class _RssSampler:
-    """Peak resident memory of a process tree, sampled in a thread."""
+    """Peak resident memory of a process tree, sampled in a thread; also its CPU time."""
 
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def cpu_s(self) -> float:
+        """User+system CPU seconds of the service's processes so far."""
+        total = 0.0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
@@ -247,7 +256,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             with _service(dsn, port, config.workers) as proc, _RssSampler(proc.pid) as rss:
-                report = asyncio.run(_drive(dsn, url, port, config))
+                report = asyncio.run(_drive(dsn, url, port, config, rss))
             report["server_rss_mb_max"] = round(rss.peak_bytes / 2**20, 1)
             asyncio.run(_prepare_pgbench(admin, config.clients))
             report["pgbench_tps_spread"] = round(
@@ -279,7 +288,17 @@ async def _create_db(admin: str) -> None:
     await ensure_database(admin, "ledger")
 
 
-async def _drive(dsn: str, url: str, port: int, config: BenchConfig) -> dict[str, Any]:
+async def _measured(rss: _RssSampler, work: Awaitable[LoadResult]) -> tuple[LoadResult, float]:
+    """Run a scenario; return its result and the service's CPU microseconds per request."""
+    before = rss.cpu_s()
+    result = await work
+    spent = rss.cpu_s() - before
+    return result, round(spent * 1e6 / max(1, result.completed), 1)
+
+
+async def _drive(
+    dsn: str, url: str, port: int, config: BenchConfig, rss: _RssSampler
+) -> dict[str, Any]:
     setup = await _setup(dsn, url, config.clients)
     merchant_key, tokens = setup["merchant_key"], setup["tokens"]
     run = uuid.uuid4().hex[:8]
@@ -298,9 +317,15 @@ async def _drive(dsn: str, url: str, port: int, config: BenchConfig) -> dict[str
         return _charge_request(merchant_key, tokens[i], f"{run}-w-{i}-{seq}")
 
     await closed_loop(host, port, warm, clients=n, duration_s=min(2.0, duration))
-    floor_result = await closed_loop(host, port, floor, clients=n, duration_s=duration)
-    spread_result = await closed_loop(host, port, spread, clients=n, duration_s=duration)
-    shared_result = await closed_loop(host, port, shared, clients=n, duration_s=duration)
+    floor_result, floor_cpu = await _measured(
+        rss, closed_loop(host, port, floor, clients=n, duration_s=duration)
+    )
+    spread_result, spread_cpu = await _measured(
+        rss, closed_loop(host, port, spread, clients=n, duration_s=duration)
+    )
+    shared_result, shared_cpu = await _measured(
+        rss, closed_loop(host, port, shared, clients=n, duration_s=duration)
+    )
     rate = max(1.0, spread_result.rate_per_s * FIXED_RATE_FRACTION)
 
     def fixed(i: int, seq: int) -> Request:
@@ -324,6 +349,11 @@ async def _drive(dsn: str, url: str, port: int, config: BenchConfig) -> dict[str
         "charges_per_s_shared": round(shared_result.rate_per_s, 1),
         "floor_per_s": round(floor_result.rate_per_s, 1),
         "fixed_rate_per_s": round(rate, 1),
+        "service_cpu_us_per_request": {
+            "floor": floor_cpu,
+            "spread": spread_cpu,
+            "shared": shared_cpu,
+        },
         "p50_ms": round(fixed_result.percentile_ms(0.5), 2),
         "p99_ms": round(fixed_result.percentile_ms(0.99), 2),
         "max_ms": round(fixed_result.percentile_ms(1.0), 2),

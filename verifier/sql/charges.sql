@@ -1,6 +1,7 @@
 -- name: charge_batch
 -- Verify-and-debit for a batch of charge/hold requests: one round trip (migrations/0004).
-SELECT * FROM ledger_charge_batch($1::charge_request[]) ORDER BY idx;
+-- The requests go as one array per field (see the function's header).
+SELECT * FROM ledger_charge_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ORDER BY idx;
 
 -- name: capture_hold
 SELECT ledger_capture_hold($1, $2, $3, $4, $5, $6);
