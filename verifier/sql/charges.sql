@@ -17,7 +17,7 @@ SELECT id FROM holds WHERE status = 'pending' AND expires_at <= now() ORDER BY e
 
 -- name: find_charge_by_key
 -- A charge by idempotency key, to replay it when the credit token has since expired.
-SELECT id FROM charges WHERE merchant_id = $1 AND idempotency_key = $2;
+SELECT * FROM charges WHERE merchant_id = $1 AND idempotency_key = $2;
 
 -- name: insert_merchant
 INSERT INTO merchants (id, name, revenue_account_id) VALUES ($1, $2, $3) RETURNING *;
