@@ -22,6 +22,7 @@ from tests.conftest import Service
 from tests.helpers import assert_invariants, assert_no_secrets_logged, capture_all_logs
 from tests.test_api_accounts import assert_problem
 from tests.test_charges_api import Market, new_market
+from tests.test_receipt_rotation import second_process
 from verifier import paseto
 from verifier.tokens import parse_footer
 
@@ -203,31 +204,51 @@ async def _holds_refunds_and_reads(market: Market, root: str, charge_id: str) ->
     ).is_success
 
 
-async def _rotate_and_retire(market: Market, root: str) -> list[bytes]:
-    """Rotate both signing keys, retire the old receipt key, make this process notice
-    (a credit token with the new key reloads its keys), and replay a charge whose
-    receipt key is now retired: the service logs that (and only the kid)."""
+async def _rotate_and_retire(market: Market) -> str:
+    """Rotate both signing keys and retire the old receipt key; this process picks up
+    the new credit-token key when a credit token signed with it arrives. Returns the
+    retired receipt key's kid."""
     conn = await connect(market.service.dsn)
     try:
-        retired = await conn.fetchval(
+        old_receipt_kid = await conn.fetchval(
             "SELECT kid FROM signing_keys WHERE purpose = 'receipt' AND state = 'active'"
         )
         await rotate_signing_key(conn, "receipt")
         await rotate_signing_key(conn, "credit_token")
-        assert (await retire_signing_key(conn, retired)).value == "retired"
+        assert (await retire_signing_key(conn, old_receipt_kid)).value == "retired"
     finally:
         await conn.close()
     fresh = (await market.mint(cap_micros=100))["token"]
-    for _ in range(100):  # an unknown kid reloads keys at most once a second
+    for _ in range(100):  # an unknown kid reloads keys at most about once a second
         if (await market.charge(fresh, 1, key="fresh")).status_code == 201:
             break
         await asyncio.sleep(0.1)
     else:
-        raise AssertionError("the service never picked up the rotated keys")
+        raise AssertionError("the service never picked up the rotated credit-token key")
+    return str(old_receipt_kid)
+
+
+async def _replay_across_processes(
+    market: Market, second: httpx.AsyncClient, root: str, retired_kid: str
+) -> None:
+    """The first process replays a receipt the second signed with the new key (and so
+    learns of the retired key), then re-signs a receipt of the retired key with the
+    active one and logs that (the kid, nothing secret)."""
+    later = await second.post(
+        "/v1/charges", json=_body(root, idempotency_key="later"), headers=market.merchant
+    )
+    assert later.status_code == 201, later.text
+    again = await market.client.post(
+        "/v1/charges", json=_body(root, idempotency_key="later"), headers=market.merchant
+    )
+    assert (again.status_code, again.content) == (200, later.content)
     replay = await market.charge(root, 100, key="c1")
     assert replay.status_code == 200, replay.text
-    assert parse_footer(paseto.split_token(replay.json()["signed_receipt"]).footer) != retired
-    conn = await connect(market.service.dsn)
+    assert _kid(replay.json()["signed_receipt"]) != retired_kid
+
+
+async def _seeds(dsn: str) -> list[bytes]:
+    conn = await connect(dsn)
     try:
         return [
             bytes(r["secret_seed"])
@@ -235,6 +256,10 @@ async def _rotate_and_retire(market: Market, root: str) -> list[bytes]:
         ]
     finally:
         await conn.close()
+
+
+def _kid(signed: str) -> str:
+    return parse_footer(paseto.split_token(signed).footer)
 
 
 def _jti(token: str) -> str:
@@ -263,8 +288,15 @@ async def test_no_secret_in_any_log_line_or_error_body_on_the_money_path(
         await _bad_credit_tokens(market, poor, tokens)
         await _bad_api_keys(market, tokens["root"], made_up_key)
         await _holds_refunds_and_reads(market, tokens["root"], charge_id)
-        seeds = await _rotate_and_retire(market, tokens["root"])
-        logging.getLogger("tests").warning("capture probe")
+        retired_kid = await _rotate_and_retire(market)
+    # A second process on the same database; starting uvicorn resets its loggers, so
+    # the capture is set up again once it runs.
+    async with second_process(service) as second:
+        with capture_all_logs() as more:
+            await _replay_across_processes(market, second, tokens["root"], retired_kid)
+            logging.getLogger("tests").warning("capture probe")
+    records += more
+    seeds = await _seeds(service.dsn)
 
     api_keys = [service.operator_key, made_up_key]
     api_keys += [m.merchant_key for m in (market, poor)] + [m.owner_key for m in (market, poor)]

@@ -39,7 +39,7 @@ def _kid(signed: str) -> str:
 
 
 @asynccontextmanager
-async def _second_process(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+async def second_process(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     """Another instance of the service on the same database, started now."""
     port = free_port()
     server = ServerThread(service_settings(service.dsn, port))
@@ -100,7 +100,7 @@ async def test_replays_are_byte_identical_after_the_receipt_key_rotates(service:
     new_kid = rotated.stdout.split()[-1]
     assert new_kid.startswith("k4.pid.") and new_kid != old_kid
 
-    async with _second_process(service) as fresh:
+    async with second_process(service) as fresh:
         # The fresh process signs new receipts with the new key ...
         later = await fresh.post(
             "/v1/charges",
@@ -173,7 +173,7 @@ async def test_receipts_of_a_retired_key_are_re_signed_with_the_active_one(
     with pytest.raises(TokenInvalid, match="unknown receipt key"):
         verify_receipt(charge.json()["signed_receipt"], keyring)
 
-    async with _second_process(service) as fresh:
+    async with second_process(service) as fresh:
         again = await fresh.post(
             "/v1/charges",
             json={
