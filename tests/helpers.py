@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 
 import asyncpg
 
@@ -65,3 +67,48 @@ def assert_no_secrets_logged(records: list[logging.LogRecord], secrets: list[str
     )
     leaked = [s[:12] + "…" for s in secrets if s and s in text]
     assert not leaked, f"secrets in logs: {leaked}"
+
+
+class _RecordList(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and not record.exc_text:
+            # Render tracebacks now: a leak in one counts too.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        self.records.append(record)
+
+
+# Loggers that do not propagate to the root under the servers' own logging setup.
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar")
+
+
+@contextlib.contextmanager
+def capture_all_logs(level: int = logging.DEBUG) -> Iterator[list[logging.LogRecord]]:
+    """Every record at `level` or above, from every logger in every thread: ours (which
+    propagate to the root) and uvicorn's and Litestar's (which do not). Levels and
+    handlers are restored on exit. Pass the records to `assert_no_secrets_logged`.
+    """
+    handler = _RecordList()
+    named = [logging.getLogger(name) for name in _SERVER_LOGGERS]
+    named += [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger) and not logger.propagate
+    ]
+    loggers = list(dict.fromkeys([logging.root, *named]))
+    saved = [(logger, logger.level) for logger in loggers]
+    attached = [logger for logger in loggers if logger is logging.root or not logger.propagate]
+    for logger in loggers:
+        logger.setLevel(level)
+    for logger in attached:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in attached:
+            logger.removeHandler(handler)
+        for logger, saved_level in saved:
+            logger.setLevel(saved_level)

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
+from ledger import limits
 from ledger.accounts import require_role
 from ledger.api import Auth, Pool, strict_body
 from ledger.auth import Principal, Role
-from verifier import charges
+from verifier import charges, views
 from verifier.context import ChargeContext
-from verifier.merchants import Merchant, MerchantCreate, MerchantCreated, register_merchant
+from verifier.merchants import (
+    Merchant,
+    MerchantCreate,
+    MerchantCreated,
+    MerchantView,
+    read_own_merchant,
+    register_merchant,
+)
 
 __all__ = ["routes"]
 
@@ -59,9 +67,12 @@ class MerchantController(Controller):
         async with pool.acquire() as conn:
             return await register_merchant(conn, data.name)
 
-    @get("/me", operation_id="getOwnMerchant", summary="The calling merchant")
-    async def get_own_merchant(self, request: Request[Any, Any, Any], principal: Auth) -> Merchant:
-        return await _merchant(request, principal)
+    @get("/me", operation_id="getOwnMerchant", summary="The calling merchant and its revenue")
+    async def get_own_merchant(
+        self, request: Request[Any, Any, Any], principal: Auth
+    ) -> MerchantView:
+        merchant = await _merchant(request, principal)
+        return await read_own_merchant(_ctx(request).pool, merchant.id)
 
 
 class ChargeController(Controller):
@@ -82,6 +93,29 @@ class ChargeController(Controller):
             _ctx(request), await _merchant(request, principal), data
         )
         return Response(result, status_code=_status(created))
+
+    @get(operation_id="listCharges", summary="The calling merchant's charges, newest first")
+    async def list_charges(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Auth,
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Charges per page")
+        ] = limits.PAGE_SIZE_DEFAULT,
+        before: Annotated[
+            uuid.UUID | None,
+            QueryParameter(required=False, description="Cursor: `next_before` of the last page"),
+        ] = None,
+    ) -> views.ChargePage:
+        merchant = await _merchant(request, principal)
+        return await views.list_charges(_ctx(request).pool, merchant, before=before, limit=limit)
+
+    @get("/{charge_id:uuid}", operation_id="getCharge", summary="One of the merchant's charges")
+    async def get_charge(
+        self, request: Request[Any, Any, Any], charge_id: FromPath[uuid.UUID], principal: Auth
+    ) -> views.ChargeView:
+        merchant = await _merchant(request, principal)
+        return await views.read_charge(_ctx(request).pool, merchant, charge_id)
 
     @post(
         "/{charge_id:uuid}/refunds",
@@ -118,6 +152,13 @@ class HoldController(Controller):
             _ctx(request), await _merchant(request, principal), data
         )
         return Response(result, status_code=_status(created))
+
+    @get("/{hold_id:uuid}", operation_id="getHold", summary="One of the merchant's holds")
+    async def get_hold(
+        self, request: Request[Any, Any, Any], hold_id: FromPath[uuid.UUID], principal: Auth
+    ) -> views.HoldView:
+        merchant = await _merchant(request, principal)
+        return await views.read_hold(_ctx(request).pool, merchant, hold_id)
 
     @post(
         "/{hold_id:uuid}/capture",

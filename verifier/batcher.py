@@ -26,7 +26,7 @@ import asyncpg
 from ledger.errors import RateLimited
 from ledger.queries import load_queries
 
-__all__ = ["BATCH_SIZE_MAX", "ChargeBatcher", "ChargeRequest"]
+__all__ = ["BATCH_SIZE_MAX", "ChargeBatcher", "ChargeRequest", "run_batch"]
 
 log = logging.getLogger("verifier.batcher")
 queries = load_queries("verifier", "charges.sql")
@@ -110,7 +110,7 @@ class ChargeBatcher:
     async def _execute(self, conn: Any, batch: Sequence[_Item]) -> bool:
         """Apply a batch; False when the connection failed and should be replaced."""
         try:
-            rows = await _call(conn, [req for req, _ in batch])
+            rows = await run_batch(conn, [req for req, _ in batch])
         except _TRANSIENT:
             # Retry one by one so a single conflicting request cannot fail the rest.
             for request, future in batch:
@@ -142,7 +142,7 @@ async def _execute_single(
 ) -> None:
     for attempt in range(SINGLE_RETRIES_MAX):
         try:
-            rows = await _call(conn, [request])
+            rows = await run_batch(conn, [request])
         except _TRANSIENT as exc:
             if attempt + 1 < SINGLE_RETRIES_MAX:
                 continue
@@ -156,7 +156,7 @@ async def _execute_single(
         return
 
 
-async def _call(conn: Any, requests: list[ChargeRequest]) -> list[asyncpg.Record]:
+async def run_batch(conn: Any, requests: list[ChargeRequest]) -> list[asyncpg.Record]:
     columns = [list(column) for column in zip(*requests, strict=True)]
     rows: list[asyncpg.Record] = await conn.fetch(queries["charge_batch"], *columns)
     assert len(rows) == len(requests), "one result per request"

@@ -242,7 +242,7 @@ async def charge(ctx: ChargeContext, merchant: Merchant, body: ChargeIn) -> tupl
         account_balance_micros=row["account_balance"],
         created_at=row["created_at"],
     )
-    signed = ctx.sign_receipt(receipt, kid=row["receipt_kid"])
+    signed = await ctx.sign_receipt(receipt, kid=row["receipt_kid"])
     return ChargeOut(
         charge_id=row["id"], receipt=receipt, signed_receipt=signed
     ), outcome == "created"
@@ -258,7 +258,7 @@ async def _replay_charge(
     return ChargeOut(
         charge_id=row["id"],
         receipt=receipt,
-        signed_receipt=ctx.sign_receipt(receipt, kid=row["receipt_kid"]),
+        signed_receipt=await ctx.sign_receipt(receipt, kid=row["receipt_kid"]),
     )
 
 
@@ -361,7 +361,7 @@ async def capture_hold(
         captured_micros=receipt.amount_micros,
         released_micros=int(held) - receipt.amount_micros,
         receipt=receipt,
-        signed_receipt=ctx.sign_receipt(receipt, kid=result["receipt_kid"]),
+        signed_receipt=await ctx.sign_receipt(receipt, kid=result["receipt_kid"]),
     )
 
 
@@ -419,7 +419,7 @@ async def refund(
         amount_micros=receipt.amount_micros,
         refunded_total_micros=int(result["refunded_total_micros"]),
         receipt=receipt,
-        signed_receipt=ctx.sign_receipt(receipt, kid=result["receipt_kid"]),
+        signed_receipt=await ctx.sign_receipt(receipt, kid=result["receipt_kid"]),
     )
     return out, outcome == "created"
 

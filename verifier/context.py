@@ -13,6 +13,7 @@ import asyncpg
 import nacl.signing
 
 from ledger.db import CONNECTION_ERRORS
+from ledger.queries import load_queries
 from verifier.batcher import ChargeBatcher
 from verifier.merchants import MerchantCache
 from verifier.receipts import Receipt, sign_receipt
@@ -27,8 +28,10 @@ from verifier.tokens import (
 __all__ = ["ChargeContext"]
 
 log = logging.getLogger("verifier.context")
+queries = load_queries("verifier", "keys.sql")
 
 HOLD_SWEEP_INTERVAL_S = 1.0
+# Receipt keys are re-read at least this often (a key rotated by another process).
 RECEIPT_KEYS_RELOAD_S = 30.0
 
 
@@ -52,8 +55,10 @@ class ChargeContext:
     merchants: MerchantCache = field(default_factory=MerchantCache)
     keyrings: KeyRingCache = field(default_factory=KeyRingCache)
     receipt_keys: dict[str, _ReceiptKey] = field(default_factory=dict)
+    retired_receipt_kids: frozenset[str] = frozenset()
     active_receipt_kid: str = ""
     _verified: dict[str, CreditTokenClaims] = field(default_factory=dict)
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sweeper: asyncio.Task[None] | None = None
 
     @classmethod
@@ -89,15 +94,16 @@ class ChargeContext:
                 log.warning("hold expiry sweep skipped: database unavailable")
 
     async def reload_keys(self) -> None:
-        rows = await self.pool.fetch(
-            "SELECT kid, secret_seed, state FROM signing_keys WHERE purpose = 'receipt' AND state <> 'retired'"
-        )
+        """Every receipt key that still signs or verifies, and which one is active."""
+        rows = await self.pool.fetch(queries["receipt_signing_keys"])
+        active = [r["kid"] for r in rows if r["state"] == "active"]
+        assert len(active) == 1, "one active receipt signing key (the app creates it at start)"
         self.receipt_keys = {
             r["kid"]: _ReceiptKey(r["kid"], nacl.signing.SigningKey(bytes(r["secret_seed"])))
             for r in rows
+            if r["state"] != "retired"
         }
-        active = [r["kid"] for r in rows if r["state"] == "active"]
-        assert active, "no active receipt signing key (the app creates one at start)"
+        self.retired_receipt_kids = frozenset(r["kid"] for r in rows if r["state"] == "retired")
         self.active_receipt_kid = active[0]
 
     async def verify_credit_token(self, token: str) -> CreditTokenClaims:
@@ -116,6 +122,15 @@ class ChargeContext:
     def receipt_signer(self) -> _ReceiptKey:
         return self.receipt_keys[self.active_receipt_kid]
 
-    def sign_receipt(self, receipt: Receipt, *, kid: str) -> str:
-        key = self.receipt_keys.get(kid) or self.receipt_signer()
+    async def sign_receipt(self, receipt: Receipt, *, kid: str) -> str:
+        """Sign `receipt` with the key recorded for it (`kid`), so replays match."""
+        if kid not in self.receipt_keys and kid not in self.retired_receipt_kids:
+            async with self._reload_lock:
+                if kid not in self.receipt_keys:
+                    await self.reload_keys()
+        key = self.receipt_keys.get(kid)
+        if key is None:
+            # Retired (or unknown to the database): what it signed verifies nowhere.
+            log.warning("receipt signing key %s is retired; re-signing with the active key", kid)
+            key = self.receipt_signer()
         return sign_receipt(receipt, key.signing_key, kid=key.kid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -23,6 +24,8 @@ __all__ = [
     "MerchantCache",
     "MerchantCreate",
     "MerchantCreated",
+    "MerchantView",
+    "read_own_merchant",
     "register_merchant",
 ]
 
@@ -45,6 +48,18 @@ class MerchantCreated(msgspec.Struct, frozen=True):
     merchant_api_key: str
 
 
+class MerchantView(msgspec.Struct, frozen=True, kw_only=True):
+    """A merchant as it sees itself, with its revenue account's balances."""
+
+    id: uuid.UUID
+    name: str
+    revenue_account_id: uuid.UUID
+    created_at: datetime
+    revenue_balance_micros: int
+    revenue_pending_micros: int
+    unit: Literal["micro_usd"] = "micro_usd"
+
+
 async def register_merchant(conn: Conn, name: str) -> MerchantCreated:
     async with conn.transaction():
         revenue = await core.create_account(
@@ -55,6 +70,14 @@ async def register_merchant(conn: Conn, name: str) -> MerchantCreated:
         merchant = Merchant(**dict(row.items()))
         key = await create_api_key(conn, Role.merchant, merchant.id)
     return MerchantCreated(merchant=merchant, merchant_api_key=key)
+
+
+async def read_own_merchant(pool: asyncpg.Pool, merchant_id: uuid.UUID) -> MerchantView:
+    """The merchant and its revenue, read fresh (never from the merchant cache)."""
+    row = await pool.fetchrow(queries["merchant_with_revenue"], merchant_id)
+    if row is None:
+        raise NotFound("no such merchant")
+    return MerchantView(**dict(row.items()))
 
 
 # Merchants are immutable once registered; a process keeps the ones it has seen.
