@@ -65,3 +65,39 @@ def assert_no_secrets_logged(records: list[logging.LogRecord], secrets: list[str
     )
     leaked = [s[:12] + "…" for s in secrets if s and s in text]
     assert not leaked, f"secrets in logs: {leaked}"
+
+
+class AsgiThread:
+    """Any ASGI app behind uvicorn on a loopback port, in a thread with its own loop."""
+
+    def __init__(self, app: object, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        import threading
+
+        self.thread.start()
+        for _ in range(1000):
+            if self.server.started:
+                return
+            if not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            threading.Event().wait(0.01)
+        raise RuntimeError("uvicorn did not start in time")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -33,11 +33,12 @@ Per call:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 
 import anyio.to_thread
@@ -166,6 +167,8 @@ def _tool_name(ctx: Context[Any, Any], pricing: Pricing) -> str:
 def refusal_result(problem: Mapping[str, Any]) -> CallToolResult:
     """A tool error an agent can act on: `structuredContent` is the problem object."""
     text = f"{problem.get('title', 'Refused')}: {problem.get('detail', '')}".rstrip(": ")
+    if not text.endswith((".", "!", "?")):
+        text += "."
     topup = problem.get("topup")
     if problem.get("code") == "budget_exhausted" and isinstance(topup, Mapping):
         text += f" Top up at {topup.get('url')} ({', '.join(topup.get('methods', []))}), or ask for a new credit token."
@@ -259,6 +262,14 @@ class Paywall:
             refund_on_error=self.refund_on_error if refund_on_error is None else refund_on_error,
         )
         return lambda fn: self._wrap(fn, pricing)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, server: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
+        """`MCPServer(..., lifespan=paywall.lifespan)`: closes the ledger client at shutdown."""
+        try:
+            yield {}
+        finally:
+            await self.ledger.aclose()
 
     def tool(
         self,
