@@ -14,7 +14,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
 
 from ledger.db import connect
 from ledger.embedded import free_port
@@ -60,6 +61,11 @@ def paid_tools(ledger_url: str, merchant_key: str) -> MCPServer:
         raise ToolError("upstream failed")
 
     @server.tool()
+    @paid(price_micros=1_200)
+    async def strict(mode: str) -> str:
+        raise MCPError(INVALID_PARAMS, f"unknown mode {mode!r}")
+
+    @server.tool()
     @paid(price_micros=1_000)
     async def admin_reset() -> str:
         return "reset"
@@ -81,7 +87,7 @@ class World:
         body: dict[str, Any] = {
             "cap_micros": 50_000,
             "max_per_call_micros": 10_000,
-            "tools": ["search", "summarize", "flaky"],
+            "tools": ["search", "summarize", "flaky", "strict"],
         }
         body.update(scope)
         return str((await self.market.mint(**body))["token"])
@@ -229,6 +235,18 @@ async def test_fixed_price_tool_that_fails_is_refunded(world: World) -> None:
     await assert_invariants(world.service.dsn)
 
 
+async def test_protocol_error_after_a_charge_is_refunded_and_passed_through(world: World) -> None:
+    token = await world.mint()
+    async with AgentClient(world.service.url, token) as agent, agent.mcp(world.mcp_url) as tools:
+        with pytest.raises(MCPError) as caught:
+            await tools.call_tool("strict", {"mode": "x"})
+        budget = await agent.budget()
+    assert caught.value.code == INVALID_PARAMS
+    assert budget.spent_micros == 0, "the refund gave the token's budget back"
+    assert await world.balance() == 5_000
+    await assert_invariants(world.service.dsn)
+
+
 async def test_missing_credit_token_is_refused_before_the_tool_runs(world: World) -> None:
     async with Client(f"{world.mcp_url}") as tools:
         result = await tools.call_tool("search", {"query": "q"})
@@ -273,3 +291,32 @@ async def test_a_forged_credit_token_never_reaches_the_ledger(world: World) -> N
     assert isinstance(result.structured_content, dict)
     assert result.structured_content["code"] == "token_invalid"
     assert await world.balance() == 5_000
+
+
+async def test_stateless_json_transport_reads_the_bearer_header_too(service: Service) -> None:
+    market = await new_market(service, funds=5_000)
+    paid = Paywall(MerchantClient(service.url, api_key=market.merchant_key))
+    server = MCPServer("stateless", lifespan=paid.lifespan)
+
+    @server.tool(name="web.search")
+    @paid(price_micros=300, tool="web.search")
+    async def search(query: str) -> list[str]:
+        return [query, query.upper()]
+
+    app = server.streamable_http_app(stateless_http=True, json_response=True)
+    thread = AsgiThread(app, free_port())
+    thread.start()
+    try:
+        token = (await market.mint(tools=["web.*"]))["token"]
+        async with (
+            AgentClient(service.url, token) as agent,
+            agent.mcp(f"{thread.url}/mcp") as tools,
+        ):
+            result = await tools.call_tool("web.search", {"query": "abc"})
+            facts = await agent.verify_receipt(signed_receipt_of(result) or "")
+    finally:
+        thread.stop()
+    assert not result.is_error, text_of(result)
+    assert result.structured_content == {"result": ["abc", "ABC"]}
+    assert (facts["tool"], facts["amount_micros"]) == ("web.search", 300)
+    await assert_invariants(service.dsn)

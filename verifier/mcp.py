@@ -41,6 +41,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 
+import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
@@ -344,8 +345,10 @@ class Paywall:
             return _unavailable(exc)
         try:
             result = tool.result(await tool.run(kwargs))
-        except MCPError:
-            await self._refund(charge, pricing, name)
+        except (MCPError, anyio.get_cancelled_exc_class()):
+            # A protocol error, or the call was cancelled: the agent gets nothing.
+            with anyio.CancelScope(shield=True):
+                await self._refund(charge, pricing, name)
             raise
         except Exception as exc:
             refund = await self._refund(charge, pricing, name)
@@ -394,8 +397,9 @@ class Paywall:
                     f"a metered tool returns Metered(...), not {type(metered).__name__}"
                 )
             result = tool.result(metered.value)
-        except MCPError:
-            await self._void(hold.hold_id)
+        except (MCPError, anyio.get_cancelled_exc_class()):
+            with anyio.CancelScope(shield=True):
+                await self._void(hold.hold_id)
             raise
         except Exception as exc:
             await self._void(hold.hold_id)
