@@ -3,6 +3,7 @@ use `Paywall` (streamable HTTP, uvicorn), and the official MCP client as the age
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from mcp_types import INVALID_PARAMS, CallToolResult
 from ledger.db import connect
 from ledger.embedded import free_port
 from tests.conftest import Service
-from tests.helpers import AsgiThread, assert_invariants, fund
+from tests.helpers import AsgiThread, assert_invariants, assert_no_secrets_logged, fund
 from tests.test_charges_api import Market, new_market
 from verifier.agent import AgentClient, budget_exhausted, receipt_of, signed_receipt_of
 from verifier.mcp import Metered, Paywall
@@ -320,3 +321,21 @@ async def test_stateless_json_transport_reads_the_bearer_header_too(service: Ser
     assert result.structured_content == {"result": ["abc", "ABC"]}
     assert (facts["tool"], facts["amount_micros"]) == ("web.search", 300)
     await assert_invariants(service.dsn)
+
+
+async def test_no_credit_token_or_api_key_in_logs(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("tests").warning("capture probe")
+    token = await world.mint()
+    async with AgentClient(world.service.url, token) as agent, agent.mcp(world.mcp_url) as tools:
+        await tools.call_tool("search", {"query": "q"})
+        await tools.call_tool("flaky", {})
+        await tools.call_tool("admin_reset", {})
+        await tools.call_tool("summarize", {"text": "x", "cost_micros": -1})
+    body = token.split(".")[2]
+    assert any(r.name == "verifier.mcp" for r in caplog.records), "the MCP server's logs are seen"
+    assert_no_secrets_logged(
+        caplog.records, [token, body[:40], world.market.merchant_key, world.market.owner_key]
+    )
