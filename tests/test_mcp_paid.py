@@ -339,3 +339,35 @@ async def test_no_credit_token_or_api_key_in_logs(
     assert_no_secrets_logged(
         caplog.records, [token, body[:40], world.market.merchant_key, world.market.owner_key]
     )
+
+
+async def test_a_wrong_merchant_api_key_is_not_the_agents_problem(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    paid = Paywall(MerchantClient(world.service.url, api_key="lk_mer_not-a-real-key"))
+    server = MCPServer("misconfigured", lifespan=paid.lifespan)
+
+    @server.tool()
+    @paid(price_micros=100)
+    async def search(query: str) -> str:
+        raise AssertionError("never runs")
+
+    thread = AsgiThread(server.streamable_http_app(), free_port())
+    thread.start()
+    try:
+        token = await world.mint()
+        async with (
+            AgentClient(world.service.url, token) as agent,
+            agent.mcp(f"{thread.url}/mcp") as tools,
+        ):
+            result = await tools.call_tool("search", {"query": "q"})
+    finally:
+        thread.stop()
+    assert result.is_error
+    assert isinstance(result.structured_content, dict)
+    assert (result.structured_content["code"], result.structured_content["status"]) == (
+        "service_unavailable",
+        503,
+    )
+    assert any("merchant API key" in r.getMessage() for r in caplog.records)
+    assert await world.balance() == 5_000

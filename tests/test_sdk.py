@@ -20,6 +20,7 @@ from tests.test_charges_api import Market, new_market
 from verifier.agent import AgentClient, budget_exhausted
 from verifier.sdk import (
     BudgetExhausted,
+    Conflict,
     IdempotencyConflict,
     KeyCache,
     LedgerClientError,
@@ -28,6 +29,7 @@ from verifier.sdk import (
     NotFound,
     ScopeDenied,
     TokenRefused,
+    ValidationFailed,
 )
 
 
@@ -173,11 +175,16 @@ async def test_idempotency_key_reuse_and_typed_refusals(market: Market) -> None:
             await ledger.charge(token, 101, tool="search", idempotency_key="order-1")
         with pytest.raises(NotFound):
             await ledger.capture(str(uuid.uuid4()), 1)
+        with pytest.raises(ValidationFailed):
+            await ledger.charge(token, 0, tool="search")
+        with pytest.raises(Conflict) as too_much:
+            await ledger.refund(first.charge_id, 101)
         with pytest.raises(ValueError, match="idempotency keys"):
             await ledger.charge(token, 1, tool="search", idempotency_key="no spaces")
     assert (first.replayed, again.replayed) == (False, True)
     assert again.signed_receipt == first.signed_receipt
     assert await count_charges(market.service) == 1
+    assert too_much.value.code == "refund_exceeds_charge"
 
 
 async def test_offline_precheck_refuses_without_a_round_trip(market: Market) -> None:

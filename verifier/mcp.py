@@ -63,6 +63,7 @@ from verifier.sdk import (
     LedgerProblem,
     MerchantClient,
     Refund,
+    Unauthenticated,
 )
 
 __all__ = [
@@ -190,7 +191,10 @@ def _missing_token() -> CallToolResult:
 
 
 def _unavailable(exc: LedgerClientError) -> CallToolResult:
-    if isinstance(exc, LedgerProblem):
+    if isinstance(exc, Unauthenticated):
+        # The merchant's API key is wrong: nothing the agent can act on, so not its problem.
+        log.error("the ledger refused this server's merchant API key: %s", exc.code)
+    elif isinstance(exc, LedgerProblem):
         return refusal_result(exc.problem)
     return refusal_result(
         ServiceUnavailable("the ledger cannot be reached; retry shortly").problem()

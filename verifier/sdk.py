@@ -23,6 +23,9 @@ What it does for the caller:
         ├── BudgetExhausted           402 budget_exhausted: .limit .required .available .topup
         ├── IdempotencyConflict       409 idempotency_conflict
         ├── NotFound                  404 not_found
+        ├── Conflict                  409 conflict | hold_not_pending | refund_exceeds_charge
+        ├── ValidationFailed          422 validation_failed
+        ├── Unauthenticated           401 unauthenticated | 403 forbidden (the API key)
         ├── RateLimited               429 rate_limited (after the last retry)
         └── LedgerUnavailable         5xx (after the last retry)
 
@@ -64,6 +67,7 @@ __all__ = [
     "BudgetExhausted",
     "Capture",
     "Charge",
+    "Conflict",
     "Hold",
     "IdempotencyConflict",
     "KeyCache",
@@ -76,6 +80,8 @@ __all__ = [
     "Refund",
     "ScopeDenied",
     "TokenRefused",
+    "Unauthenticated",
+    "ValidationFailed",
     "Void",
     "error_from_response",
     "new_idempotency_key",
@@ -168,6 +174,20 @@ class RateLimited(LedgerProblem):
     codes = frozenset({"rate_limited"})
 
 
+class Unauthenticated(LedgerProblem):
+    """The API key is missing, wrong, or may not do this (a configuration error)."""
+
+    codes = frozenset({"unauthenticated", "forbidden"})
+
+
+class Conflict(LedgerProblem):
+    codes = frozenset({"conflict", "hold_not_pending", "refund_exceeds_charge"})
+
+
+class ValidationFailed(LedgerProblem):
+    codes = frozenset({"validation_failed"})
+
+
 class LedgerUnavailable(LedgerProblem):
     codes = frozenset({"service_unavailable", "database_unavailable", "internal_error"})
 
@@ -181,6 +201,9 @@ _BY_CODE: dict[str, type[LedgerProblem]] = {
         IdempotencyConflict,
         NotFound,
         RateLimited,
+        Unauthenticated,
+        Conflict,
+        ValidationFailed,
         LedgerUnavailable,
     )
     for code in cls.codes
@@ -410,10 +433,16 @@ class MerchantClient:
             await self._http.aclose()
 
     async def _post(self, path: str, body: Any, *, expect: tuple[int, ...]) -> dict[str, Any]:
+        out, _ = await self._post_status(path, body, expect=expect)
+        return out
+
+    async def _post_status(
+        self, path: str, body: Any, *, expect: tuple[int, ...]
+    ) -> tuple[dict[str, Any], int]:
         response = await send_with_retries(
             self._http, "POST", path, json=body, headers=self._auth, attempts_max=self._attempts_max
         )
-        return self._decode(response, expect)
+        return self._decode(response, expect), response.status_code
 
     @staticmethod
     def _decode(response: httpx.Response, expect: tuple[int, ...]) -> dict[str, Any]:
@@ -422,7 +451,6 @@ class MerchantClient:
         body = response.json()
         if not isinstance(body, dict):
             raise LedgerClientError("the ledger answered with something other than an object")
-        body["_status"] = response.status_code
         return body
 
     async def merchant_id(self) -> str:
@@ -464,13 +492,13 @@ class MerchantClient:
         }
         if metadata:
             body["metadata"] = dict(metadata)
-        out = await self._post("/v1/charges", body, expect=(200, 201))
+        out, status = await self._post_status("/v1/charges", body, expect=(200, 201))
         return Charge(
             charge_id=str(out["charge_id"]),
             receipt=out["receipt"],
             signed_receipt=out["signed_receipt"],
             idempotency_key=key,
-            replayed=out["_status"] == 200,
+            replayed=status == 200,
         )
 
     async def authorize(
