@@ -105,7 +105,7 @@ def _openapi_config() -> OpenAPIConfig:
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
 # module; the assembly lists them here and nowhere else.
-_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "verifier.api")
+_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "issuer.topups_api", "verifier.api")
 
 
 def _route_handlers() -> list[Any]:
@@ -117,13 +117,22 @@ def _route_handlers() -> list[Any]:
     return handlers
 
 
+def _feature_lifespans() -> list[Any]:
+    import importlib
+
+    spans: list[Any] = []
+    for module in _FEATURE_API_MODULES:
+        spans.extend(getattr(importlib.import_module(module), "lifespan", []))
+    return spans
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     config = AppConfig(
         route_handlers=_route_handlers(),
         dependencies=dict(dependencies),
         exception_handlers=exception_handlers(),
-        lifespan=[_database],
+        lifespan=[_database, *_feature_lifespans()],
         openapi_config=_openapi_config(),
         request_max_body_size=settings.request_body_bytes_max,
         state=State({"settings": settings, "auth_cache": AuthCache()}),

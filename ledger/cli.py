@@ -328,3 +328,12 @@ def bench(clients: int, duration: float, workers: int, as_json: bool) -> None:
         f"p99 {report['p99_ms']} ms, max {report['max_ms']} ms"
     )
     click.echo(f"  service peak RSS                 {report['server_rss_mb_max']:>10.1f} MB")
+
+
+def _register_features() -> None:
+    from issuer.usdc_cli import usdc_group
+
+    main.add_command(usdc_group)
+
+
+_register_features()

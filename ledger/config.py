@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,12 @@ DEFAULT_PORT = 8000
 DEFAULT_DATA_DIR = ".ledger"
 DEFAULT_DATABASE_NAME = "ledger"
 DEFAULT_EXPIRY_SWEEP_INTERVAL_S = 1.0
+DEFAULT_STRIPE_WEBHOOK_TOLERANCE_S = 300
+DEFAULT_CARD_TOPUP_MIN_MICROS = 1_000_000  # 1 USD
+DEFAULT_CARD_TOPUP_MAX_MICROS = 1_000_000_000  # 1,000 USD
+DEFAULT_USDC_CONFIRMATIONS = 12
+DEFAULT_USDC_BLOCK_RANGE_MAX = 1_000
+DEFAULT_USDC_POLL_INTERVAL_S = 5
 
 
 class ConfigError(Exception):
@@ -34,6 +41,13 @@ def _int(env: dict[str, str], name: str, default: int, *, lo: int, hi: int) -> i
     return value
 
 
+def _address(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name) or None
+    if raw is not None and re.fullmatch(r"0x[0-9a-fA-F]{40}", raw) is None:
+        raise ConfigError(f"{name} must be a 0x-prefixed 20-byte hex address")
+    return raw
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     database_url: str | None = None
@@ -45,11 +59,37 @@ class Settings:
     pool_size_max: int = limits.POOL_SIZE_MAX
     request_body_bytes_max: int = limits.REQUEST_BODY_BYTES_MAX
     expiry_sweep_interval_s: float = DEFAULT_EXPIRY_SWEEP_INTERVAL_S
+    # Card top-ups (Stripe). Secrets are kept out of repr so they never reach a log.
+    stripe_secret_key: str | None = field(default=None, repr=False)
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    stripe_webhook_tolerance_s: int = DEFAULT_STRIPE_WEBHOOK_TOLERANCE_S
+    stripe_api_base: str | None = None
+    card_topup_min_micros: int = DEFAULT_CARD_TOPUP_MIN_MICROS
+    card_topup_max_micros: int = DEFAULT_CARD_TOPUP_MAX_MICROS
+    card_success_url: str = ""
+    card_cancel_url: str = ""
+    # USDC top-ups (an EVM chain). The watcher runs when rpc url, contract and treasury are set.
+    usdc_rpc_url: str | None = None
+    usdc_contract: str | None = None
+    usdc_treasury: str | None = None
+    usdc_chain_id: int = 1
+    usdc_confirmations: int = DEFAULT_USDC_CONFIRMATIONS
+    usdc_start_block: int | None = None
+    usdc_block_range_max: int = DEFAULT_USDC_BLOCK_RANGE_MAX
+    usdc_poll_interval_s: float = DEFAULT_USDC_POLL_INTERVAL_S
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def usdc_configured(self) -> bool:
+        return bool(self.usdc_rpc_url and self.usdc_contract and self.usdc_treasury)
+
+    def __post_init__(self) -> None:
+        if self.card_topup_min_micros > self.card_topup_max_micros:
+            raise ConfigError("CARD_TOPUP_MIN_MICROS must not exceed CARD_TOPUP_MAX_MICROS")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -69,5 +109,53 @@ class Settings:
                 lo=1024,
                 hi=10 * 1024 * 1024,
             ),
-            extra={k: v for k, v in env.items() if k.startswith(("STRIPE_", "USDC_", "LEDGER_"))},
+            stripe_secret_key=env.get("STRIPE_SECRET_KEY") or None,
+            stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
+            stripe_webhook_tolerance_s=_int(
+                env,
+                "STRIPE_WEBHOOK_TOLERANCE_S",
+                DEFAULT_STRIPE_WEBHOOK_TOLERANCE_S,
+                lo=1,
+                hi=86_400,
+            ),
+            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            card_topup_min_micros=_int(
+                env,
+                "CARD_TOPUP_MIN_MICROS",
+                DEFAULT_CARD_TOPUP_MIN_MICROS,
+                lo=10_000,
+                hi=limits.AMOUNT_MAX,
+            ),
+            card_topup_max_micros=_int(
+                env,
+                "CARD_TOPUP_MAX_MICROS",
+                DEFAULT_CARD_TOPUP_MAX_MICROS,
+                lo=10_000,
+                hi=limits.AMOUNT_MAX,
+            ),
+            card_success_url=env.get("CARD_SUCCESS_URL") or "",
+            card_cancel_url=env.get("CARD_CANCEL_URL") or "",
+            usdc_rpc_url=env.get("USDC_RPC_URL") or None,
+            usdc_contract=_address(env, "USDC_CONTRACT"),
+            usdc_treasury=_address(env, "USDC_TREASURY"),
+            usdc_chain_id=_int(env, "USDC_CHAIN_ID", 1, lo=1, hi=2**53),
+            usdc_confirmations=_int(
+                env, "USDC_CONFIRMATIONS", DEFAULT_USDC_CONFIRMATIONS, lo=1, hi=10_000
+            ),
+            usdc_start_block=(
+                _int(env, "USDC_START_BLOCK", 0, lo=0, hi=2**62)
+                if env.get("USDC_START_BLOCK")
+                else None
+            ),
+            usdc_block_range_max=_int(
+                env, "USDC_BLOCK_RANGE_MAX", DEFAULT_USDC_BLOCK_RANGE_MAX, lo=1, hi=100_000
+            ),
+            usdc_poll_interval_s=_int(
+                env, "USDC_POLL_INTERVAL_S", DEFAULT_USDC_POLL_INTERVAL_S, lo=1, hi=3_600
+            ),
+            extra={
+                k: v
+                for k, v in env.items()
+                if k.startswith(("STRIPE_", "USDC_", "LEDGER_")) and "SECRET" not in k
+            },
         )

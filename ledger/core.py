@@ -7,6 +7,10 @@ rest is released) or *voided* (released by request or by expiry).
 
 Every write is one call of a PL/pgSQL function (see migrations/0001) returning a
 named outcome; nothing is written unless the outcome is `created`.
+
+Transfer codes `charge`, `capture` and `refund` belong to the verify-and-debit
+path: the audit matches each such transfer to its row in `charges`/`refunds`, so
+other callers use their own codes (`adjustment`, `topup_card`, …).
 """
 
 from __future__ import annotations

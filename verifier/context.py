@@ -10,28 +10,38 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
+import nacl.signing
 
 from ledger.db import CONNECTION_ERRORS
 from verifier.batcher import ChargeBatcher
-from verifier.errors import TokenInvalid
 from verifier.merchants import MerchantCache
 from verifier.receipts import Receipt, sign_receipt
-from verifier.tokens import CreditTokenClaims, KeyRing, load_keyring, verify_credit_token
+from verifier.tokens import (
+    CreditTokenClaims,
+    KeyRingCache,
+    check_time,
+    token_kid,
+    verify_credit_token,
+)
 
 __all__ = ["ChargeContext"]
 
 log = logging.getLogger("verifier.context")
 
-# An unknown kid reloads the keyring at most this often (a flood of forged kids
-# must not turn into a flood of database reads).
-KEYRING_REFRESH_INTERVAL_S = 1.0
 HOLD_SWEEP_INTERVAL_S = 1.0
+RECEIPT_KEYS_RELOAD_S = 30.0
 
 
 @dataclass
 class _ReceiptKey:
     kid: str
-    secret_seed: bytes
+    signing_key: nacl.signing.SigningKey = field(repr=False)
+
+
+# Credit tokens whose signature this process has already checked, by exact token
+# string. A hit still re-checks the time window and that the signing key is not
+# retired; revocation and budgets are always checked by the database.
+VERIFIED_CACHE_SIZE_MAX = 10_000
 
 
 @dataclass
@@ -40,10 +50,10 @@ class ChargeContext:
     topup_url: str
     batcher: ChargeBatcher
     merchants: MerchantCache = field(default_factory=MerchantCache)
-    keyring: KeyRing | None = None
+    keyrings: KeyRingCache = field(default_factory=KeyRingCache)
     receipt_keys: dict[str, _ReceiptKey] = field(default_factory=dict)
     active_receipt_kid: str = ""
-    _keyring_loaded_at: float = 0.0
+    _verified: dict[str, CreditTokenClaims] = field(default_factory=dict)
     _sweeper: asyncio.Task[None] | None = None
 
     @classmethod
@@ -66,37 +76,46 @@ class ChargeContext:
     async def _sweep(self, interval_s: float) -> None:
         from verifier.charges import expire_holds
 
+        last_key_reload = time.monotonic()
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await expire_holds(self.pool)
+                if time.monotonic() - last_key_reload >= RECEIPT_KEYS_RELOAD_S:
+                    # Pick up a receipt key rotated by another process.
+                    await self.reload_keys()
+                    last_key_reload = time.monotonic()
             except CONNECTION_ERRORS:
                 log.warning("hold expiry sweep skipped: database unavailable")
 
     async def reload_keys(self) -> None:
-        self.keyring = await load_keyring(self.pool)
-        self._keyring_loaded_at = time.monotonic()
         rows = await self.pool.fetch(
             "SELECT kid, secret_seed, state FROM signing_keys WHERE purpose = 'receipt' AND state <> 'retired'"
         )
-        self.receipt_keys = {r["kid"]: _ReceiptKey(r["kid"], bytes(r["secret_seed"])) for r in rows}
+        self.receipt_keys = {
+            r["kid"]: _ReceiptKey(r["kid"], nacl.signing.SigningKey(bytes(r["secret_seed"])))
+            for r in rows
+        }
         active = [r["kid"] for r in rows if r["state"] == "active"]
         assert active, "no active receipt signing key (the app creates one at start)"
         self.active_receipt_kid = active[0]
 
     async def verify_credit_token(self, token: str) -> CreditTokenClaims:
-        assert self.keyring is not None
-        try:
-            return verify_credit_token(token, self.keyring)
-        except TokenInvalid:
-            if time.monotonic() - self._keyring_loaded_at < KEYRING_REFRESH_INTERVAL_S:
-                raise
-            await self.reload_keys()
-            return verify_credit_token(token, self.keyring)
+        keyring = await self.keyrings.get(self.pool)
+        claims = self._verified.get(token)
+        if claims is not None and keyring.get(claims.kid, "credit_token") is not None:
+            check_time(claims)
+            return claims
+        keyring = await self.keyrings.get(self.pool, kid=token_kid(token))
+        claims = verify_credit_token(token, keyring)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE_MAX:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
 
     def receipt_signer(self) -> _ReceiptKey:
         return self.receipt_keys[self.active_receipt_kid]
 
     def sign_receipt(self, receipt: Receipt, *, kid: str) -> str:
         key = self.receipt_keys.get(kid) or self.receipt_signer()
-        return sign_receipt(receipt, key.secret_seed, kid=key.kid)
+        return sign_receipt(receipt, key.signing_key, kid=key.kid)

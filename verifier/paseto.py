@@ -51,6 +51,7 @@ __all__ = [
     "paserk_public",
     "public_key_of",
     "sign",
+    "sign_with_key",
     "split_token",
     "verify",
 ]
@@ -140,7 +141,20 @@ def sign(
 ) -> str:
     """A `v4.public` token over `message`, signed with the Ed25519 `seed` (32 bytes)."""
     assert len(seed) == SEED_BYTES, "an Ed25519 seed is 32 bytes"
-    signing_key = nacl.signing.SigningKey(seed)
+    return sign_with_key(
+        nacl.signing.SigningKey(seed), message, footer=footer, implicit_assertion=implicit_assertion
+    )
+
+
+def sign_with_key(
+    signing_key: nacl.signing.SigningKey,
+    message: bytes,
+    *,
+    footer: bytes = b"",
+    implicit_assertion: bytes = b"",
+) -> str:
+    """`sign` with a key object built once (deriving it from the seed costs as much
+    as a signature; the hot path keeps the object)."""
     signed = signing_key.sign(pae(HEADER.encode(), message, footer, implicit_assertion))
     token = HEADER + b64encode(message + signed.signature)
     if footer:

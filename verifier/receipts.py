@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
+import nacl.signing
 
 from verifier import paseto
 from verifier.errors import TokenInvalid
@@ -57,8 +58,8 @@ def facts_dict(receipt: Receipt) -> dict[str, Any]:
     return msgspec.to_builtins(receipt)  # type: ignore[no-any-return]
 
 
-def sign_receipt(receipt: Receipt, seed: bytes, *, kid: str) -> str:
-    return paseto.sign(encode_facts(receipt), seed, footer=encode_footer(kid))
+def sign_receipt(receipt: Receipt, signing_key: nacl.signing.SigningKey, *, kid: str) -> str:
+    return paseto.sign_with_key(signing_key, encode_facts(receipt), footer=encode_footer(kid))
 
 
 def verify_receipt(signed_receipt: str, keyring: KeyRing) -> dict[str, Any]:
