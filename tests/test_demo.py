@@ -19,6 +19,7 @@ def test_ledger_demo_exits_0_and_tells_the_story(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
+    assert out.count("top-up by signed card webhook") == 2
     assert '"code": "budget_exhausted"' in out
     assert '"limit": "account_balance"' in out
     assert "(same credit token)" in out

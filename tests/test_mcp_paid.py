@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -18,11 +19,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
 
+from ledger.auth import ensure_operator_key
 from ledger.db import connect
 from ledger.embedded import free_port
-from tests.conftest import Service
-from tests.helpers import AsgiThread, assert_invariants, assert_no_secrets_logged, fund
+from tests.conftest import ServerThread, Service, service_settings
+from tests.helpers import AsgiThread, assert_invariants, assert_no_secrets_logged
 from tests.test_charges_api import Market, new_market
+from tests.test_topups_card import WEBHOOK_SECRET, deliver, session_event
 from verifier.agent import AgentClient, budget_exhausted, receipt_of, signed_receipt_of
 from verifier.mcp import Metered, Paywall
 from verifier.sdk import (
@@ -96,16 +99,42 @@ class World:
     async def balance(self) -> int:
         return int((await self.market.account())["balance_micros"])
 
-    async def fund(self, amount: int) -> None:
-        conn = await connect(self.service.dsn)
-        try:
-            await fund(conn, uuid.UUID(self.market.account_id), amount)
-        finally:
-            await conn.close()
+    async def top_up(self, cents: int) -> None:
+        """A card top-up, exactly as Stripe reports a paid Checkout session."""
+        event = session_event(
+            uuid.UUID(self.market.account_id),
+            cents,
+            payment_intent=f"pi_{uuid.uuid4().hex}",
+            session_id=f"cs_{uuid.uuid4().hex}",
+        )
+        response = await deliver(self.service, event)
+        assert response.status_code == 200, response.text
+        assert response.json()["outcome"] == "credited"
 
 
 @pytest.fixture
-async def world(service: Service) -> AsyncIterator[World]:
+async def card_ledger(dsn: str) -> AsyncIterator[Service]:
+    """The ledger service, taking signed card webhooks."""
+    conn = await connect(dsn)
+    try:
+        operator_key = await ensure_operator_key(conn)
+    finally:
+        await conn.close()
+    assert operator_key is not None
+    port = free_port()
+    server = ServerThread(service_settings(dsn, port, stripe_webhook_secret=WEBHOOK_SECRET))
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        try:
+            yield Service(url=url, dsn=dsn, operator_key=operator_key, client=client)
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+async def world(card_ledger: Service) -> AsyncIterator[World]:
+    service = card_ledger
     market = await new_market(service, funds=5_000)
     server = AsgiThread(
         paid_tools(service.url, market.merchant_key).streamable_http_app(), free_port()
@@ -178,7 +207,7 @@ async def test_budget_exhausted_is_structured_and_a_topup_revives_the_same_token
         assert refusal.required == SEARCH_PRICE and refusal.available == 1_000
         assert await world.balance() == 1_000
 
-        await world.fund(10_000)
+        await world.top_up(1)
         again = await tools.call_tool("search", {"query": "q"})
         assert not again.is_error, text_of(again)
         assert budget_exhausted(again) is None
@@ -202,7 +231,7 @@ async def test_tool_outside_the_token_scope_is_scope_denied(world: World) -> Non
 
 
 async def test_variable_price_captures_exactly_the_reported_cost(world: World) -> None:
-    await world.fund(10_000)
+    await world.top_up(1)
     token = await world.mint()
     async with AgentClient(world.service.url, token) as agent, agent.mcp(world.mcp_url) as tools:
         result = await tools.call_tool("summarize", {"text": "one two three", "cost_micros": 1_234})

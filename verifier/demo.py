@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import httpx
 
-from ledger import core
+from issuer.topups_card import sign_test_webhook
 from ledger.audit import AuditReport, run_audit
 from ledger.auth import Role, create_api_key, ensure_operator_key
 from ledger.config import Settings
@@ -142,7 +142,6 @@ class _Story:
     owner_key: str = ""
     merchant_id: str = ""
     merchant_key: str = ""
-    topups: int = 0
     receipts: list[str] = dataclasses.field(default_factory=list)
 
     def auth(self, key: str) -> dict[str, str]:
@@ -162,40 +161,28 @@ class _Story:
         return int(response.json()["balance_micros"])
 
     async def top_up(self, amount_micros: int) -> str:
-        """A signed card webhook when the service takes them; else an operator adjustment."""
-        self.topups += 1
-        how = await self._card_webhook(amount_micros)
-        if how is None:
-            await self._adjustment(amount_micros)
-            how = "operator adjustment (card webhooks are not enabled in this build)"
-        return how
-
-    async def _card_webhook(self, amount_micros: int) -> str | None:
-        secret = getattr(self.settings, "stripe_webhook_secret", None)
-        try:
-            from issuer.topups_card import sign_test_webhook  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            return None
-        if not secret:
-            return None
+        """A card top-up: the webhook Stripe sends for a paid Checkout session, signed
+        with this run's webhook secret (no Stripe account is involved)."""
+        assert amount_micros % MICROS_PER_CENT == 0, "cards pay whole cents"
+        secret = self.settings.stripe_webhook_secret
+        assert secret is not None
         payment = f"demo_{uuid.uuid4().hex}"
         event_id = f"evt_{payment}"
+        session = {
+            "id": f"cs_{payment}",
+            "object": "checkout.session",
+            "payment_status": "paid",
+            "amount_total": amount_micros // MICROS_PER_CENT,
+            "currency": "usd",
+            "payment_intent": f"pi_{payment}",
+            "client_reference_id": self.account_id,
+            "metadata": {"account_id": self.account_id},
+        }
         event = {
             "id": event_id,
-            "type": "checkout.session.completed",
             "object": "event",
-            "data": {
-                "object": {
-                    "id": f"cs_{payment}",
-                    "object": "checkout.session",
-                    "payment_status": "paid",
-                    "amount_total": amount_micros // MICROS_PER_CENT,
-                    "currency": "usd",
-                    "payment_intent": f"pi_{payment}",
-                    "client_reference_id": self.account_id,
-                    "metadata": {"account_id": self.account_id},
-                }
-            },
+            "type": "checkout.session.completed",
+            "data": {"object": session},
         }
         payload = json.dumps(event).encode()
         response = await self.api.post(
@@ -206,29 +193,11 @@ class _Story:
                 "Content-Type": "application/json",
             },
         )
-        if response.status_code == 404:
-            return None
         if response.status_code != 200:
             raise click.ClickException(
                 f"webhook refused: HTTP {response.status_code} {response.text}"
             )
-        return f"signed card webhook (event {event_id[:16]}…: {response.json().get('outcome')})"
-
-    async def _adjustment(self, amount_micros: int) -> None:
-        conn = await connect(self.dsn)
-        try:
-            outcome = await core.create_transfer(
-                conn,
-                transfer_id=uuid.uuid4(),
-                debit_account_id=core.ADJUSTMENT_CLEARING_ID,
-                credit_account_id=uuid.UUID(self.account_id),
-                amount=amount_micros,
-                code="adjustment",
-                metadata={"reason": "demo top-up"},
-            )
-        finally:
-            await conn.close()
-        assert outcome.ok, outcome
+        return f"signed card webhook (event {event_id[:16]}…: {response.json()['outcome']})"
 
 
 async def _register(story: _Story) -> None:
@@ -364,11 +333,12 @@ def _audit(dsn: str) -> AuditReport:
 def run_demo(data_dir: Path | None) -> bool:
     """Run the story; True when the final audit finds every invariant holding."""
     with _data_dir(data_dir) as folder:
-        settings = Settings(data_dir=folder, port=free_port())
-        if hasattr(settings, "stripe_webhook_secret"):
-            # Only once card top-ups are in the build: a throwaway webhook secret.
-            secret = {"stripe_webhook_secret": f"whsec_demo_{secrets.token_hex(16)}"}
-            settings = dataclasses.replace(settings, **secret)  # type: ignore[arg-type]
+        # A throwaway webhook secret: this run signs its own card webhooks.
+        settings = Settings(
+            data_dir=folder,
+            port=free_port(),
+            stripe_webhook_secret=f"whsec_demo_{secrets.token_hex(16)}",
+        )
         _step(1, "The operator starts the ledger on an embedded PostgreSQL")
         _line(f"data folder {folder}")
         with database_dsn(settings, own_server=True) as dsn:
