@@ -26,6 +26,7 @@ from ledger.config import ConfigError, Settings
 from ledger.db import connect, mask_dsn
 from ledger.migrate import MigrationError
 from ledger.runtime import database_dsn, prepare_database
+from verifier.demo import demo_command
 
 __all__ = ["main"]
 
@@ -272,6 +273,7 @@ def openapi(output: Path, check: bool) -> None:
 
 
 main.add_command(keys_group)
+main.add_command(demo_command)
 
 
 @main.command()

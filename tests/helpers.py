@@ -112,3 +112,39 @@ def capture_all_logs(level: int = logging.DEBUG) -> Iterator[list[logging.LogRec
             logger.removeHandler(handler)
         for logger, saved_level in saved:
             logger.setLevel(saved_level)
+
+
+class AsgiThread:
+    """Any ASGI app behind uvicorn on a loopback port, in a thread with its own loop."""
+
+    def __init__(self, app: object, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        import threading
+
+        self.thread.start()
+        for _ in range(1000):
+            if self.server.started:
+                return
+            if not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            threading.Event().wait(0.01)
+        raise RuntimeError("uvicorn did not start in time")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
