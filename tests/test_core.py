@@ -222,3 +222,12 @@ async def test_concurrent_duplicates_move_money_once(pool: asyncpg.Pool) -> None
     async with pool.acquire() as conn:
         assert await balance(conn, alice) == 993
         await assert_invariants(conn)
+
+
+def test_new_ids_are_distinct_version_4_uuids() -> None:
+    from ledger.ids import BLOCK_IDS_MAX, new_id
+
+    ids = [new_id() for _ in range(3 * BLOCK_IDS_MAX + 7)]
+    assert len(set(ids)) == len(ids)
+    assert {i.version for i in ids} == {4}
+    assert {i.variant for i in ids} == {uuid.RFC_4122}

@@ -22,6 +22,7 @@ from msgspec import Meta
 
 from ledger import limits
 from ledger.errors import IdempotencyConflict, LedgerError, NotFound
+from ledger.ids import new_id
 from ledger.queries import load_queries
 from verifier.context import ChargeContext
 from verifier.errors import (
@@ -210,7 +211,7 @@ async def charge(ctx: ChargeContext, merchant: Merchant, body: ChargeIn) -> tupl
     signer = ctx.receipt_signer()
     row = await ctx.batcher.submit(
         (
-            uuid.uuid4(),
+            new_id(),
             "charge",
             merchant.id,
             merchant.revenue_account_id,
@@ -219,7 +220,7 @@ async def charge(ctx: ChargeContext, merchant: Merchant, body: ChargeIn) -> tupl
             claims.jti,
             body.tool,
             body.amount_micros,
-            uuid.uuid4(),
+            new_id(),
             signer.kid,
             None,
             body.metadata,
@@ -292,7 +293,7 @@ async def place_hold(ctx: ChargeContext, merchant: Merchant, body: HoldIn) -> tu
     _max_per_call(claims, body.amount_micros, ctx)
     row = await ctx.batcher.submit(
         (
-            uuid.uuid4(),
+            new_id(),
             "hold",
             merchant.id,
             merchant.revenue_account_id,
@@ -337,8 +338,8 @@ async def capture_hold(
         hold_id,
         merchant.id,
         body.amount_micros,
-        uuid.uuid4(),
-        uuid.uuid4(),
+        new_id(),
+        new_id(),
         signer.kid,
     )
     outcome = result["outcome"]
@@ -383,8 +384,8 @@ async def refund(
     ).digest()
     signer = ctx.receipt_signer()
     result = await ctx.pool.fetchval(
-        queries["refund"], uuid.uuid4(), charge_id, merchant.id, body.idempotency_key, request_hash,
-        body.amount_micros, uuid.uuid4(), signer.kid, body.reason,
+        queries["refund"], new_id(), charge_id, merchant.id, body.idempotency_key, request_hash,
+        body.amount_micros, new_id(), signer.kid, body.reason,
     )  # fmt: skip
     outcome = result["outcome"]
     if outcome == "charge_not_found":
