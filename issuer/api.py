@@ -65,7 +65,7 @@ class KeysController(Controller):
 class TokenController(Controller):
     path = "/v1/tokens"
     tags = ("credit tokens",)
-    dependencies = {"settings": Provide(provide_settings)}  # noqa: RUF012 (Litestar reads it)
+    dependencies = {"settings": Provide(provide_settings)}
 
     @post(
         operation_id="mintCreditToken",

@@ -59,9 +59,17 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
     app.state.pool = await create_pool(settings.database_url, max_size=settings.pool_size_max)
     await _ensure_signing_keys(app)
     sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
+    from verifier.context import ChargeContext
+
+    app.state.charge_context = await ChargeContext.start(
+        app.state.pool,
+        topup_url=f"{settings.base_url}/v1/topups/card",
+        sweep_interval_s=settings.expiry_sweep_interval_s,
+    )
     try:
         yield
     finally:
+        await app.state.charge_context.stop()
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
@@ -97,7 +105,7 @@ def _openapi_config() -> OpenAPIConfig:
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
 # module; the assembly lists them here and nowhere else.
-_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api",)
+_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "verifier.api")
 
 
 def _route_handlers() -> list[Any]:

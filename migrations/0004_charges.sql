@@ -88,22 +88,10 @@ CREATE TABLE refunds (
 );
 CREATE INDEX refunds_charge ON refunds (charge_id);
 
--- The chain of a credit token: itself first, then each ancestor up to the root.
--- Kept on the row (set once at insert; tokens never change parents) so the charge
--- path reads it with the token instead of walking parents.
-ALTER TABLE credit_tokens ADD COLUMN chain uuid[];
-
-CREATE FUNCTION credit_tokens_set_chain() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.chain := ARRAY[NEW.jti]
-        || coalesce((SELECT chain FROM credit_tokens WHERE jti = NEW.parent_jti), '{}'::uuid[]);
-    RETURN NEW;
-END $$;
-CREATE TRIGGER credit_tokens_set_chain BEFORE INSERT ON credit_tokens
-    FOR EACH ROW EXECUTE FUNCTION credit_tokens_set_chain();
-
+-- The chain of a credit token: its ancestors (root first) and itself. The
+-- ancestors are kept on the row (migrations/0002), so no recursion is needed.
 CREATE FUNCTION credit_token_chain(p_jti uuid) RETURNS uuid[] LANGUAGE sql STABLE AS $$
-    SELECT coalesce((SELECT chain FROM credit_tokens WHERE jti = p_jti), ARRAY[p_jti])
+    SELECT coalesce((SELECT ancestors || jti FROM credit_tokens WHERE jti = p_jti), ARRAY[p_jti])
 $$;
 
 -- One charge or hold request of a batch.
@@ -180,7 +168,7 @@ DECLARE
 BEGIN
     -- 1. Lock, in the global order: credit tokens (with ancestors), then accounts.
     PERFORM 1 FROM credit_tokens
-     WHERE jti IN (SELECT unnest(t.chain) FROM credit_tokens t
+     WHERE jti IN (SELECT unnest(t.ancestors || t.jti) FROM credit_tokens t
                     WHERE t.jti IN (SELECT (q).token_jti FROM unnest(p_requests) q))
      ORDER BY jti FOR UPDATE;
     PERFORM 1 FROM accounts
@@ -222,7 +210,7 @@ BEGIN
            array_agg(t.account_id ORDER BY t.jti)
       INTO t_ids, t_parent, t_avail, t_max, t_bad, t_account
       FROM credit_tokens t
-     WHERE t.jti IN (SELECT unnest(x.chain) FROM credit_tokens x
+     WHERE t.jti IN (SELECT unnest(x.ancestors || x.jti) FROM credit_tokens x
                       WHERE x.jti IN (SELECT (q).token_jti FROM unnest(p_requests) q));
     t_ids := coalesce(t_ids, '{}');
     FOR i IN 1 .. coalesce(array_length(t_ids, 1), 0) LOOP
