@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from ledger import core
 from ledger.api import AccountController, HealthController, dependencies
+from ledger.apidoc import document_problems
 from ledger.config import ConfigError, Settings
 from ledger.db import CONNECTION_ERRORS, create_pool
 from ledger.problems import exception_handlers
@@ -110,7 +111,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State({"settings": settings}),
         debug=False,
     )
-    return Litestar.from_config(config)
+    app = Litestar.from_config(config)
+    # Built once here, so the served document and `openapi_document()` are the same.
+    document_problems(app.openapi_schema)
+    return app
 
 
 def openapi_document() -> dict[str, Any]:

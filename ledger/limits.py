@@ -27,6 +27,10 @@ POOL_QUERIES_MAX = 50_000
 STATEMENT_TIMEOUT_MS = 10_000
 DB_CONNECT_TIMEOUT_S = 5.0
 DB_COMMAND_TIMEOUT_S = 15.0
+# Waiting for a pooled connection: past this a request is 503, never a hang.
+POOL_ACQUIRE_TIMEOUT_S = 5.0
+# What a 503 asks clients to wait before retrying (Retry-After).
+RETRY_AFTER_S = 1
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="Amount in micro-USD.")]
 PageSize = Annotated[int, Meta(ge=1, le=PAGE_SIZE_MAX)]
