@@ -23,6 +23,7 @@ from ledger.api import AccountController, HealthController, dependencies
 from ledger.apidoc import document_problems
 from ledger.config import ConfigError, Settings
 from ledger.db import CONNECTION_ERRORS, create_pool
+from ledger.guard import LedgerRequest, RequestGuard
 from ledger.problems import exception_handlers
 
 __all__ = ["API_VERSION", "create_app", "openapi_document"]
@@ -108,6 +109,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_database],
         openapi_config=_openapi_config(),
         request_max_body_size=settings.request_body_bytes_max,
+        middleware=[RequestGuard(settings)],
+        request_class=LedgerRequest,
         state=State({"settings": settings}),
         debug=False,
     )

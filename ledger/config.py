@@ -44,6 +44,8 @@ class Settings:
     public_url: str = ""
     pool_size_max: int = limits.POOL_SIZE_MAX
     request_body_bytes_max: int = limits.REQUEST_BODY_BYTES_MAX
+    request_header_bytes_max: int = limits.REQUEST_HEADER_BYTES_MAX
+    request_headers_count_max: int = limits.REQUEST_HEADERS_COUNT_MAX
     expiry_sweep_interval_s: float = DEFAULT_EXPIRY_SWEEP_INTERVAL_S
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -68,6 +70,20 @@ class Settings:
                 limits.REQUEST_BODY_BYTES_MAX,
                 lo=1024,
                 hi=10 * 1024 * 1024,
+            ),
+            request_header_bytes_max=_int(
+                env,
+                "LEDGER_REQUEST_HEADER_BYTES_MAX",
+                limits.REQUEST_HEADER_BYTES_MAX,
+                lo=1024,
+                hi=1024 * 1024,
+            ),
+            request_headers_count_max=_int(
+                env,
+                "LEDGER_REQUEST_HEADERS_COUNT_MAX",
+                limits.REQUEST_HEADERS_COUNT_MAX,
+                lo=10,
+                hi=1000,
             ),
             extra={k: v for k, v in env.items() if k.startswith(("STRIPE_", "USDC_", "LEDGER_"))},
         )

@@ -19,6 +19,9 @@ METADATA_VALUE_LENGTH_MAX = 500
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
 REQUEST_BODY_BYTES_MAX = 64 * 1024
+# Request line (path and query) plus every header name and value, in bytes.
+REQUEST_HEADER_BYTES_MAX = 16 * 1024
+REQUEST_HEADERS_COUNT_MAX = 100
 
 # Database pool.
 POOL_SIZE_MIN = 2

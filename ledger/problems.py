@@ -114,6 +114,14 @@ def _database(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[
     return _domain(request, DatabaseUnavailable())
 
 
+def _unstorable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # PostgreSQL cannot store a NUL character (text) or its escape (jsonb): the
+    # input is at fault, and nothing was written.
+    return _domain(
+        request, ValidationFailed("the request contains a character that cannot be stored")
+    )
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, CONNECTION_ERRORS):
         return _database(request, exc)
@@ -137,6 +145,8 @@ def exception_handlers() -> dict[type[Exception] | int, Any]:
         MethodNotAllowedException: _http,
         HTTPException: _http,
         asyncpg.exceptions.InterfaceError: _database,
+        asyncpg.exceptions.CharacterNotInRepertoireError: _unstorable,
+        asyncpg.exceptions.UntranslatableCharacterError: _unstorable,
         Exception: _internal,
     }
     for exc_type in CONNECTION_ERRORS:
