@@ -48,7 +48,11 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not settings.database_url:
         raise ConfigError("DATABASE_URL is not set (`ledger serve` sets it for you)")
-    app.state.pool = await create_pool(settings.database_url, max_size=settings.pool_size_max)
+    app.state.pool = await create_pool(
+        settings.database_url,
+        max_size=settings.pool_size_max,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
+    )
     sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
     try:
         yield

@@ -32,6 +32,8 @@ DB_CONNECT_TIMEOUT_S = 5.0
 DB_COMMAND_TIMEOUT_S = 15.0
 # Waiting for a pooled connection: past this a request is 503, never a hang.
 POOL_ACQUIRE_TIMEOUT_S = 5.0
+# Idle pooled connections are closed after this (asyncpg's default).
+POOL_CONNECTION_IDLE_S_MAX = 300.0
 # What a 503 asks clients to wait before retrying (Retry-After).
 RETRY_AFTER_S = 1
 

@@ -114,6 +114,13 @@ def _database(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[
     return _domain(request, DatabaseUnavailable())
 
 
+def _busy(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # A statement timeout, lock timeout, deadlock or serialization failure: an
+    # operating condition, not a bug; the client retries (with its idempotency key).
+    log.warning("database busy: %s", type(exc).__name__)
+    return _domain(request, ServiceUnavailable("the database did not complete the request; retry"))
+
+
 def _unstorable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     # PostgreSQL cannot store a NUL character (text) or its escape (jsonb): the
     # input is at fault, and nothing was written.
@@ -145,6 +152,9 @@ def exception_handlers() -> dict[type[Exception] | int, Any]:
         MethodNotAllowedException: _http,
         HTTPException: _http,
         asyncpg.exceptions.InterfaceError: _database,
+        asyncpg.exceptions.QueryCanceledError: _busy,
+        asyncpg.exceptions.LockNotAvailableError: _busy,
+        asyncpg.exceptions.TransactionRollbackError: _busy,
         asyncpg.exceptions.CharacterNotInRepertoireError: _unstorable,
         asyncpg.exceptions.UntranslatableCharacterError: _unstorable,
         Exception: _internal,
