@@ -14,20 +14,35 @@ against the document finds nothing undocumented):
 Litestar adds a 400 "ValidationException" response of its own shape to any
 operation with inputs; we never send 400 (a request that cannot be decoded is
 422 `validation_failed`), so that response is removed.
+
+Request bodies are Structs with `forbid_unknown_fields=True`; Litestar does not
+say so in their schemas, so `complete_openapi` adds `additionalProperties: false`
+to the schema of every such Struct a handler decodes (nested ones included).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from http import HTTPStatus
+from typing import Any
 
 import msgspec
+import msgspec.inspect as mi
+from litestar import Litestar
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, Operation, Reference
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+)
 from litestar.openapi.spec import OpenAPIResponse as Response
 
 from ledger.problems import PROBLEM_MEDIA_TYPE
 
-__all__ = ["FieldError", "Problem", "document_problems", "problem_responses"]
+__all__ = ["FieldError", "Problem", "complete_openapi", "document_problems", "problem_responses"]
 
 PROBLEM_SCHEMA_NAME = "Problem"
 
@@ -117,3 +132,75 @@ def document_problems(document: OpenAPI) -> OpenAPI:
             if operation is not None:
                 _complete(operation)
     return document
+
+
+def _structs(info: mi.Type, seen: dict[type, mi.StructType]) -> None:
+    if isinstance(info, mi.StructType):
+        if info.cls not in seen:
+            seen[info.cls] = info
+            for field in info.fields:
+                _structs(field.type, seen)
+    elif isinstance(info, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        _structs(info.item_type, seen)
+    elif isinstance(info, mi.DictType):
+        _structs(info.value_type, seen)
+    elif isinstance(info, mi.UnionType):
+        for member in info.types:
+            _structs(member, seen)
+    elif isinstance(info, mi.TupleType):
+        for member in info.item_types:
+            _structs(member, seen)
+
+
+def _request_structs(app: Litestar) -> Iterator[mi.StructType]:
+    seen: dict[type, mi.StructType] = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            data = handler.parsed_fn_signature.parameters.get("data")
+            if data is not None:
+                _structs(mi.type_info(data.annotation), seen)
+    yield from seen.values()
+
+
+def document_closed_request_bodies(app: Litestar, document: OpenAPI) -> None:
+    """`additionalProperties: false` where the decoder refuses unknown fields."""
+    schemas: dict[str, Any] = dict(document.components.schemas) if document.components else {}
+    for struct in _request_structs(app):
+        schema = schemas.get(struct.cls.__name__)
+        if struct.forbid_unknown_fields and schema is not None:
+            schema.additional_properties = False
+
+
+def _exact_integer_bounds(schema: Any) -> None:
+    # Litestar writes `le=2**62` as the float 4.611686018427388e+18, which is not
+    # the bound the decoder enforces; integer bounds are written as integers.
+    if not isinstance(schema, Schema):
+        return
+    if schema.type == OpenAPIType.INTEGER:
+        for name in ("minimum", "maximum", "exclusive_minimum", "exclusive_maximum"):
+            value = getattr(schema, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(schema, name, int(value))
+    children = [*(schema.properties or {}).values(), *(schema.one_of or []), *(schema.any_of or [])]
+    if isinstance(schema.items, Schema):
+        children.append(schema.items)
+    for child in children:
+        _exact_integer_bounds(child)
+
+
+def document_exact_integer_bounds(document: OpenAPI) -> None:
+    for schema in (document.components.schemas or {}).values() if document.components else ():
+        _exact_integer_bounds(schema)
+    for path_item in (document.paths or {}).values():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(path_item, method, None)
+            for parameter in (operation.parameters or []) if operation else []:
+                _exact_integer_bounds(getattr(parameter, "schema", None))
+
+
+def complete_openapi(app: Litestar) -> None:
+    """Complete the app's document in place, before it is first served."""
+    document = app.openapi_schema
+    document_problems(document)
+    document_closed_request_bodies(app, document)
+    document_exact_integer_bounds(document)

@@ -20,7 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from ledger import core
 from ledger.api import AccountController, HealthController, dependencies
-from ledger.apidoc import document_problems
+from ledger.apidoc import complete_openapi
 from ledger.config import ConfigError, Settings
 from ledger.db import CONNECTION_ERRORS, create_pool
 from ledger.guard import LedgerRequest, RequestGuard
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app = Litestar.from_config(config)
     # Built once here, so the served document and `openapi_document()` are the same.
-    document_problems(app.openapi_schema)
+    complete_openapi(app)
     return app
 
 

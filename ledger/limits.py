@@ -39,4 +39,7 @@ RETRY_AFTER_S = 1
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="Amount in micro-USD.")]
 PageSize = Annotated[int, Meta(ge=1, le=PAGE_SIZE_MAX)]
-Name = Annotated[str, Meta(min_length=1, max_length=NAME_LENGTH_MAX)]
+# Any Unicode text but NUL, which PostgreSQL cannot store: refused at the boundary,
+# and said so in the OpenAPI document.
+TEXT_PATTERN = "^[^\\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=NAME_LENGTH_MAX, pattern=TEXT_PATTERN)]
