@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 import msgspec
@@ -23,10 +23,29 @@ from ledger.accounts import (
     require_role,
 )
 from ledger.apidoc import problem_responses
-from ledger.auth import Principal, Role, authenticate
-from ledger.errors import DatabaseUnavailable
+from ledger.auth import AuthCache, Principal, Role
+from ledger.errors import DatabaseUnavailable, ValidationFailed
 
-__all__ = ["AccountController", "Auth", "HealthController", "Pool", "dependencies"]
+__all__ = ["AccountController", "Auth", "HealthController", "Pool", "dependencies", "strict_body"]
+
+T = TypeVar("T")
+
+
+async def strict_body(request: Request[Any, Any, Any], body_type: type[T]) -> T:
+    """The request body decoded strictly: `"1"` or `1.0` is not an amount.
+
+    The framework's own decoding is lenient (it converts strings and integral
+    floats to integers); money fields must arrive as JSON integers, so handlers
+    that take money re-decode the (already buffered) body with msgspec's strict
+    rules and refuse anything else as `validation_failed`.
+    """
+    try:
+        return msgspec.json.decode(await request.body(), type=body_type, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(str(exc), errors=[{"message": str(exc), "key": "data"}]) from None
+    except msgspec.DecodeError:
+        raise ValidationFailed("the request body is not valid JSON") from None
+
 
 # Handler parameters that come from `dependencies` below, named explicitly.
 Pool = NamedDependency[asyncpg.Pool]
@@ -39,8 +58,8 @@ async def provide_pool(request: Request[Any, Any, Any]) -> asyncpg.Pool:
 
 
 async def provide_principal(request: Request[Any, Any, Any], pool: Pool) -> Principal:
-    async with pool.acquire() as conn:
-        return await authenticate(conn, request.headers.get("authorization"))
+    cache: AuthCache = request.app.state.auth_cache
+    return await cache.authenticate(pool, request.headers.get("authorization"))
 
 
 dependencies = {

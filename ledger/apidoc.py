@@ -8,7 +8,9 @@ against the document finds nothing undocumented):
 
 - 422 `validation_failed` when the operation has parameters or a body;
 - 413 `payload_too_large` when it has a body;
-- 401 `unauthenticated` when it is secured;
+- 401 `unauthenticated` and 403 `forbidden` (a credential of the wrong role)
+  when it is secured;
+- 404 `not_found` when its path names a resource;
 - 431 `headers_too_large` and 503 `database_unavailable` for all.
 
 Litestar adds a 400 "ValidationException" response of its own shape to any
@@ -110,7 +112,9 @@ def _implied_statuses(operation: Operation) -> list[int]:
     if operation.request_body:
         statuses.append(413)
     if operation.security:
-        statuses.append(401)
+        statuses.extend((401, 403))
+    if any(getattr(p, "param_in", None) == "path" for p in operation.parameters or ()):
+        statuses.append(404)
     return statuses
 
 

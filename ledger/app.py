@@ -21,6 +21,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from ledger import core
 from ledger.api import AccountController, HealthController, dependencies
 from ledger.apidoc import complete_openapi
+from ledger.auth import AuthCache
 from ledger.config import ConfigError, Settings
 from ledger.db import CONNECTION_ERRORS, create_pool
 from ledger.guard import LedgerRequest, RequestGuard
@@ -43,6 +44,15 @@ async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
             log.warning("expiry sweep skipped: database unavailable")
 
 
+async def _ensure_signing_keys(app: Litestar) -> None:
+    """An active signing key per purpose; idempotent across concurrent workers."""
+    from issuer.keys import ensure_signing_keys
+
+    created = await ensure_signing_keys(app.state.pool)
+    if created:
+        log.info("created %d signing key(s): %s", len(created), ", ".join(created))
+
+
 @contextlib.asynccontextmanager
 async def _database(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -53,10 +63,19 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
         max_size=settings.pool_size_max,
         acquire_timeout_s=settings.pool_acquire_timeout_s,
     )
+    await _ensure_signing_keys(app)
     sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
+    from verifier.context import ChargeContext
+
+    app.state.charge_context = await ChargeContext.start(
+        app.state.pool,
+        topup_url=f"{settings.base_url}/v1/topups/card",
+        sweep_interval_s=settings.expiry_sweep_interval_s,
+    )
     try:
         yield
     finally:
+        await app.state.charge_context.stop()
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
@@ -92,7 +111,7 @@ def _openapi_config() -> OpenAPIConfig:
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
 # module; the assembly lists them here and nowhere else.
-_FEATURE_API_MODULES: tuple[str, ...] = ()
+_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "verifier.api")
 
 
 def _route_handlers() -> list[Any]:
@@ -115,7 +134,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.request_body_bytes_max,
         middleware=[RequestGuard(settings)],
         request_class=LedgerRequest,
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "auth_cache": AuthCache()}),
         debug=False,
     )
     app = Litestar.from_config(config)

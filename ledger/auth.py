@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
 from enum import StrEnum
 
+import asyncpg
 import msgspec
 
 from ledger.db import Conn
@@ -19,6 +21,7 @@ from ledger.errors import Unauthenticated
 from ledger.queries import load_queries
 
 __all__ = [
+    "AuthCache",
     "Principal",
     "Role",
     "authenticate",
@@ -78,14 +81,46 @@ async def create_api_key(conn: Conn, role: Role, subject_id: uuid.UUID | None) -
     return key
 
 
-async def authenticate(conn: Conn, header: str | None) -> Principal:
+def _key_hash(header: str | None) -> bytes:
     key = bearer_credential(header)
     if key is None or len(key) > API_KEY_LENGTH_MAX or not key.startswith("lk_"):
         raise Unauthenticated("send an API key as `Authorization: Bearer <key>`")
-    row = await conn.fetchrow(queries["find_api_key"], hash_api_key(key))
+    return hash_api_key(key)
+
+
+async def _lookup(conn: Conn | asyncpg.Pool, key_hash: bytes) -> Principal:
+    row = await conn.fetchrow(queries["find_api_key"], key_hash)
     if row is None:
         raise Unauthenticated("the API key is not valid")
     return Principal(role=Role(row["role"]), subject_id=row["subject_id"], key_id=row["id"])
+
+
+async def authenticate(conn: Conn | asyncpg.Pool, header: str | None) -> Principal:
+    return await _lookup(conn, _key_hash(header))
+
+
+# A process remembers a valid API key for a few seconds so the hot path does not
+# pay a lookup per request; a revoked key stops working within this time.
+AUTH_CACHE_TTL_S = 5.0
+AUTH_CACHE_SIZE_MAX = 10_000
+
+
+class AuthCache:
+    def __init__(self, *, ttl_s: float = AUTH_CACHE_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    async def authenticate(self, pool: asyncpg.Pool, header: str | None) -> Principal:
+        key_hash = _key_hash(header)
+        now = time.monotonic()
+        entry = self._entries.get(key_hash)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        principal = await _lookup(pool, key_hash)
+        if len(self._entries) >= AUTH_CACHE_SIZE_MAX:
+            self._entries.clear()
+        self._entries[key_hash] = (now + self._ttl_s, principal)
+        return principal
 
 
 async def ensure_operator_key(conn: Conn) -> str | None:

@@ -23,6 +23,10 @@ CREATE TABLE credit_tokens (
     account_id uuid NOT NULL REFERENCES accounts (id),
     parent_jti uuid REFERENCES credit_tokens (jti),
     depth smallint NOT NULL DEFAULT 0 CONSTRAINT credit_tokens_depth CHECK (depth BETWEEN 0 AND 8),
+    -- Every ancestor's jti, root first (empty for a root token), so the charge path
+    -- reads and debits a whole chain with `jti = ANY(ancestors || jti)`, no recursion.
+    -- Set from the parent's row by the trigger below, whatever the INSERT says.
+    ancestors uuid[] NOT NULL DEFAULT '{}',
     kid text NOT NULL REFERENCES signing_keys (kid),
     audiences text[] NOT NULL,             -- merchant ids, or '*' for any
     tools text[] NOT NULL,                 -- exact names, or prefixes ending in '*'
@@ -40,7 +44,28 @@ CREATE TABLE credit_tokens (
     -- Invariant 3 for tokens: remaining budget (cap - spent - held) is never below 0.
     CONSTRAINT credit_tokens_within_cap CHECK (spent_micros + held_micros <= cap_micros),
     CONSTRAINT credit_tokens_window CHECK (not_before < expires_at),
-    CONSTRAINT credit_tokens_root_depth CHECK ((parent_jti IS NULL) = (depth = 0))
+    CONSTRAINT credit_tokens_root_depth CHECK ((parent_jti IS NULL) = (depth = 0)),
+    CONSTRAINT credit_tokens_ancestors CHECK (
+        cardinality(ancestors) = depth
+        AND (parent_jti IS NULL OR ancestors[cardinality(ancestors)] = parent_jti))
 );
 CREATE INDEX credit_tokens_account ON credit_tokens (account_id, created_at);
 CREATE INDEX credit_tokens_parent ON credit_tokens (parent_jti);
+-- Revocation finds every descendant of a token with `ancestors @> ARRAY[$1]`.
+CREATE INDEX credit_tokens_ancestors ON credit_tokens USING gin (ancestors);
+
+CREATE FUNCTION credit_tokens_set_ancestors() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.parent_jti IS NULL THEN
+        NEW.ancestors := '{}';
+    ELSE
+        SELECT p.ancestors || p.jti INTO NEW.ancestors
+          FROM credit_tokens p WHERE p.jti = NEW.parent_jti;
+        -- A missing parent leaves NULL here; the foreign key then names the problem.
+        NEW.ancestors := coalesce(NEW.ancestors, ARRAY[NEW.parent_jti]);
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER credit_tokens_set_ancestors BEFORE INSERT ON credit_tokens
+    FOR EACH ROW EXECUTE FUNCTION credit_tokens_set_ancestors();

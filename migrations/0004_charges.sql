@@ -88,19 +88,11 @@ CREATE TABLE refunds (
 );
 CREATE INDEX refunds_charge ON refunds (charge_id);
 
--- The chain of a credit token: itself first, then each ancestor up to the root.
-CREATE FUNCTION credit_token_chain(p_jti uuid) RETURNS uuid[] LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_chain uuid[] := ARRAY[p_jti];
-    v_parent uuid;
-BEGIN
-    SELECT parent_jti INTO v_parent FROM credit_tokens WHERE jti = p_jti;
-    WHILE v_parent IS NOT NULL LOOP
-        v_chain := v_chain || v_parent;
-        SELECT parent_jti INTO v_parent FROM credit_tokens WHERE jti = v_parent;
-    END LOOP;
-    RETURN v_chain;
-END $$;
+-- The chain of a credit token: its ancestors (root first) and itself. The
+-- ancestors are kept on the row (migrations/0002), so no recursion is needed.
+CREATE FUNCTION credit_token_chain(p_jti uuid) RETURNS uuid[] LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT ancestors || jti FROM credit_tokens WHERE jti = p_jti), ARRAY[p_jti])
+$$;
 
 -- One charge or hold request of a batch.
 CREATE TYPE charge_request AS (
@@ -121,8 +113,7 @@ CREATE TYPE charge_request AS (
 
 -- One result per request, in request order. `outcome` is one of:
 --   created | exists | idempotency_conflict | token_unknown | token_revoked
---   | token_expired | wrong_account | max_per_call | token_cap | ancestor_cap
---   | account_balance
+--   | token_expired | max_per_call | token_cap | ancestor_cap | account_balance
 -- For created/exists the receipt facts are filled in; for refusals `available`.
 CREATE TYPE charge_result AS (
     idx integer,
@@ -143,153 +134,239 @@ CREATE TYPE charge_result AS (
 );
 
 -- Verify-and-debit for a batch of requests in ONE round trip and one transaction.
--- Requests are applied in order; each either applies in full or writes nothing.
--- Batching is what lets many agents share one wallet and one credit token: the hot
--- rows are locked once and the commit (WAL flush) is paid once for the whole batch.
+--
+-- Requests are decided in order, each applied in full or not at all, exactly as if
+-- they had run one after another; but the work is set-based: lock every row the
+-- batch touches once (global order), load the state into arrays, decide in memory,
+-- then write all accepted requests with a few bulk statements (one journal insert,
+-- one update per account, one per credit token). Batching is what lets many agents
+-- share one wallet, one credit token and one merchant: the hot rows are locked and
+-- committed once per batch instead of once per charge.
 CREATE FUNCTION ledger_charge_batch(p_requests charge_request[])
 RETURNS SETOF charge_result LANGUAGE plpgsql AS $$
 DECLARE
+    n integer := coalesce(array_length(p_requests, 1), 0);
     r charge_request;
     res charge_result;
-    i integer := 0;
-    v_chain uuid[];
-    v_token credit_tokens%ROWTYPE;
-    v_wallet accounts%ROWTYPE;
-    v_ancestor_available bigint;
-    v_token_available bigint;
-    v_wallet_available bigint;
+    results charge_result[] := '{}';
     v_now timestamptz := now();
     v_row record;
-    v_all_tokens uuid[] := '{}';
-    v_all_accounts uuid[] := '{}';
+    -- Every credit token involved (requested ones and their ancestors).
+    t_ids uuid[]; t_parent uuid[]; t_parent_idx integer[] := '{}'; t_avail bigint[];
+    t_max bigint[]; t_bad text[]; t_account uuid[];
+    t_spent_delta bigint[]; t_held_delta bigint[];
+    -- Every wallet involved.
+    w_ids uuid[]; w_avail bigint[];
+    -- Results already known from idempotency keys, by request index.
+    known charge_result[];
+    seen_keys text[] := '{}';
+    seen_idx integer[] := '{}';
+    i integer; j integer; ti integer; wi integer; k integer;
+    v_limit bigint; v_remaining bigint; v_key text; v_why text;
+    -- Accepted requests, for the bulk writes.
+    a_idx integer[] := '{}';
 BEGIN
-    -- Take every lock the batch needs up front, in the global order.
-    FOREACH r IN ARRAY p_requests LOOP
-        v_all_tokens := v_all_tokens || credit_token_chain(r.token_jti);
-        v_all_accounts := v_all_accounts || r.revenue_account_id;
-    END LOOP;
-    SELECT coalesce(array_agg(DISTINCT account_id), '{}') INTO v_chain
-      FROM credit_tokens WHERE jti = ANY (v_all_tokens);
-    v_all_accounts := v_all_accounts || v_chain;
-    PERFORM 1 FROM credit_tokens WHERE jti = ANY (v_all_tokens) ORDER BY jti FOR UPDATE;
-    PERFORM 1 FROM accounts WHERE id = ANY (v_all_accounts) ORDER BY id FOR UPDATE;
+    -- 1. Lock, in the global order: credit tokens (with ancestors), then accounts.
+    PERFORM 1 FROM credit_tokens
+     WHERE jti IN (SELECT unnest(t.ancestors || t.jti) FROM credit_tokens t
+                    WHERE t.jti IN (SELECT (q).token_jti FROM unnest(p_requests) q))
+     ORDER BY jti FOR UPDATE;
+    PERFORM 1 FROM accounts
+     WHERE id IN (SELECT t.account_id FROM credit_tokens t
+                   WHERE t.jti IN (SELECT (q).token_jti FROM unnest(p_requests) q)
+                  UNION SELECT (q).revenue_account_id FROM unnest(p_requests) q)
+     ORDER BY id FOR UPDATE;
 
-    FOREACH r IN ARRAY p_requests LOOP
-        i := i + 1;
+    -- 2. Idempotency: what was already done under these keys (read after locking,
+    -- so a concurrent identical request is seen once it commits).
+    known := array_fill(NULL::charge_result, ARRAY[n]);
+    FOR v_row IN
+        SELECT q.ordinality::integer AS idx, c.id, c.request_hash, c.token_jti, c.account_id, c.tool,
+               c.amount_micros AS amount, c.receipt_id, c.receipt_kid,
+               c.token_remaining_micros, c.account_balance_micros,
+               NULL::timestamptz AS expires_at, c.created_at, q.request_hash AS asked
+          FROM unnest(p_requests) WITH ORDINALITY AS q JOIN charges c
+            ON q.kind = 'charge' AND c.merchant_id = q.merchant_id AND c.idempotency_key = q.idempotency_key
+        UNION ALL
+        SELECT q.ordinality::integer, h.id, h.request_hash, h.token_jti, h.account_id, h.tool, h.amount_micros,
+               NULL, NULL, NULL, NULL, h.expires_at, h.created_at, q.request_hash
+          FROM unnest(p_requests) WITH ORDINALITY AS q JOIN holds h
+            ON q.kind = 'hold' AND h.merchant_id = q.merchant_id AND h.idempotency_key = q.idempotency_key
+    LOOP
+        known[v_row.idx] := ROW(v_row.idx,
+            CASE WHEN v_row.request_hash = v_row.asked THEN 'exists' ELSE 'idempotency_conflict' END,
+            v_row.id, NULL, v_row.token_jti, v_row.account_id, v_row.tool, v_row.amount,
+            v_row.receipt_id, v_row.receipt_kid, v_row.token_remaining_micros,
+            v_row.account_balance_micros, v_row.expires_at, v_row.created_at, NULL)::charge_result;
+    END LOOP;
+
+    -- 3. Load the state of every token and wallet involved into arrays.
+    SELECT array_agg(t.jti ORDER BY t.jti), array_agg(t.parent_jti ORDER BY t.jti),
+           array_agg(t.cap_micros - t.spent_micros - t.held_micros ORDER BY t.jti),
+           array_agg(t.max_per_call_micros ORDER BY t.jti),
+           array_agg(CASE WHEN t.revoked_at IS NOT NULL THEN 'token_revoked'
+                          WHEN t.expires_at <= v_now OR t.not_before > v_now + interval '30 seconds'
+                          THEN 'token_expired' END ORDER BY t.jti),
+           array_agg(t.account_id ORDER BY t.jti)
+      INTO t_ids, t_parent, t_avail, t_max, t_bad, t_account
+      FROM credit_tokens t
+     WHERE t.jti IN (SELECT unnest(x.ancestors || x.jti) FROM credit_tokens x
+                      WHERE x.jti IN (SELECT (q).token_jti FROM unnest(p_requests) q));
+    t_ids := coalesce(t_ids, '{}');
+    FOR i IN 1 .. coalesce(array_length(t_ids, 1), 0) LOOP
+        t_parent_idx[i] := array_position(t_ids, t_parent[i]);
+    END LOOP;
+    t_spent_delta := array_fill(0::bigint, ARRAY[coalesce(array_length(t_ids, 1), 0)]);
+    t_held_delta := t_spent_delta;
+    SELECT array_agg(a.id), array_agg(a.credits_posted - a.debits_posted - a.debits_pending)
+      INTO w_ids, w_avail
+      FROM accounts a WHERE a.id IN (SELECT DISTINCT unnest(t_account));
+    w_ids := coalesce(w_ids, '{}');
+
+    -- 4. Decide each request in order, in memory.
+    FOR i IN 1 .. n LOOP
+        r := p_requests[i];
+        v_key := r.kind || ':' || r.merchant_id || ':' || r.idempotency_key;
+        k := array_position(seen_keys, v_key);
+        IF k IS NOT NULL THEN
+            -- The same key earlier in this batch: answer as that request did.
+            res := results[seen_idx[k]];
+            res.idx := i;
+            IF res.outcome = 'created' THEN
+                res.outcome := CASE WHEN p_requests[seen_idx[k]].request_hash = r.request_hash
+                                    THEN 'exists' ELSE 'idempotency_conflict' END;
+                results := results || res;
+                CONTINUE;
+            END IF;
+        END IF;
+        IF (known[i]).outcome IS NOT NULL THEN  -- (a row IS NOT NULL only if every field is)
+            res := known[i];
+            res.kind := r.kind;
+            results := results || res;
+            CONTINUE;
+        END IF;
         res := ROW(i, NULL, r.id, r.kind, r.token_jti, NULL, r.tool, r.amount, r.receipt_id,
                    r.receipt_kid, NULL, NULL, NULL, NULL, NULL)::charge_result;
-
-        -- 1. Idempotency: a key answers with what it did the first time.
-        IF r.kind = 'charge' THEN
-            SELECT id, request_hash, token_jti, account_id, tool, amount_micros AS amount,
-                   receipt_id, receipt_kid, token_remaining_micros, account_balance_micros,
-                   NULL::timestamptz AS expires_at, created_at
-              INTO v_row FROM charges
-             WHERE merchant_id = r.merchant_id AND idempotency_key = r.idempotency_key;
-        ELSE
-            SELECT id, request_hash, token_jti, account_id, tool, amount_micros AS amount,
-                   NULL::uuid AS receipt_id, NULL::text AS receipt_kid,
-                   NULL::bigint AS token_remaining_micros, NULL::bigint AS account_balance_micros,
-                   expires_at, created_at
-              INTO v_row FROM holds
-             WHERE merchant_id = r.merchant_id AND idempotency_key = r.idempotency_key;
-        END IF;
-        IF FOUND THEN
-            IF v_row.request_hash <> r.request_hash THEN
-                res.outcome := 'idempotency_conflict';
-            ELSE
-                res.outcome := 'exists';
-                res.id := v_row.id; res.token_jti := v_row.token_jti;
-                res.account_id := v_row.account_id; res.tool := v_row.tool;
-                res.amount := v_row.amount; res.receipt_id := v_row.receipt_id;
-                res.receipt_kid := v_row.receipt_kid;
-                res.token_remaining := v_row.token_remaining_micros;
-                res.account_balance := v_row.account_balance_micros;
-                res.expires_at := v_row.expires_at; res.created_at := v_row.created_at;
-            END IF;
-            RETURN NEXT res;
-            CONTINUE;
-        END IF;
-
-        -- 2. The credit token, as the database knows it (revocation, window, budget).
-        SELECT * INTO v_token FROM credit_tokens WHERE jti = r.token_jti;
-        IF NOT FOUND THEN
+        ti := array_position(t_ids, r.token_jti);
+        IF ti IS NULL THEN
             res.outcome := 'token_unknown';
-            RETURN NEXT res;
+            results := results || res;
             CONTINUE;
         END IF;
-        res.account_id := v_token.account_id;
-        v_chain := credit_token_chain(r.token_jti);
-        IF EXISTS (SELECT 1 FROM credit_tokens WHERE jti = ANY (v_chain) AND revoked_at IS NOT NULL) THEN
-            res.outcome := 'token_revoked';
-        ELSIF EXISTS (SELECT 1 FROM credit_tokens WHERE jti = ANY (v_chain)
-                      AND (expires_at <= v_now OR not_before > v_now + interval '30 seconds')) THEN
-            res.outcome := 'token_expired';
-        ELSIF r.amount > v_token.max_per_call_micros THEN
-            res.outcome := 'max_per_call';
-            res.available := v_token.max_per_call_micros;
+        res.account_id := t_account[ti];
+        wi := array_position(w_ids, t_account[ti]);
+        -- Revocation and expiry of the token or any ancestor; then the limits in
+        -- precedence order: max_per_call, the token's cap, every ancestor's, the wallet.
+        v_why := NULL;
+        j := ti;
+        WHILE j IS NOT NULL AND v_why IS NULL LOOP
+            v_why := t_bad[j];
+            j := t_parent_idx[j];
+        END LOOP;
+        IF v_why IS NULL AND r.amount > t_max[ti] THEN
+            v_why := 'max_per_call'; res.available := t_max[ti];
         END IF;
-        IF res.outcome IS NOT NULL THEN
-            RETURN NEXT res;
+        IF v_why IS NULL AND r.amount > t_avail[ti] THEN
+            v_why := 'token_cap'; res.available := t_avail[ti];
+        END IF;
+        IF v_why IS NULL THEN
+            v_limit := NULL;
+            j := t_parent_idx[ti];
+            WHILE j IS NOT NULL LOOP
+                v_limit := least(coalesce(v_limit, t_avail[j]), t_avail[j]);
+                j := t_parent_idx[j];
+            END LOOP;
+            IF v_limit IS NOT NULL AND r.amount > v_limit THEN
+                v_why := 'ancestor_cap'; res.available := v_limit;
+            END IF;
+        END IF;
+        IF v_why IS NULL AND r.amount > w_avail[wi] THEN
+            v_why := 'account_balance'; res.available := w_avail[wi];
+        END IF;
+        IF v_why IS NOT NULL THEN
+            res.outcome := v_why;
+            results := results || res;
             CONTINUE;
         END IF;
 
-        -- 3. Budgets, in precedence order: the token's own cap, every ancestor's, the wallet.
-        v_token_available := v_token.cap_micros - v_token.spent_micros - v_token.held_micros;
-        SELECT min(cap_micros - spent_micros - held_micros) INTO v_ancestor_available
-          FROM credit_tokens WHERE jti = ANY (v_chain[2:]);
-        SELECT * INTO v_wallet FROM accounts WHERE id = v_token.account_id;
-        v_wallet_available := v_wallet.credits_posted - v_wallet.debits_posted - v_wallet.debits_pending;
-        IF r.amount > v_token_available THEN
-            res.outcome := 'token_cap'; res.available := v_token_available;
-        ELSIF v_ancestor_available IS NOT NULL AND r.amount > v_ancestor_available THEN
-            res.outcome := 'ancestor_cap'; res.available := v_ancestor_available;
-        ELSIF r.amount > v_wallet_available THEN
-            res.outcome := 'account_balance'; res.available := v_wallet_available;
-        END IF;
-        IF res.outcome IS NOT NULL THEN
-            RETURN NEXT res;
-            CONTINUE;
-        END IF;
-
-        -- 4. Apply: token chain, journal, balances, and the charge/hold row.
-        IF r.kind = 'charge' THEN
-            UPDATE credit_tokens SET spent_micros = spent_micros + r.amount WHERE jti = ANY (v_chain);
-            INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, code, kind, metadata)
-            VALUES (r.id, v_token.account_id, r.revenue_account_id, r.amount, 'charge', 'single',
-                    jsonb_build_object('merchant_id', r.merchant_id, 'token_jti', r.token_jti, 'tool', r.tool));
-            UPDATE accounts SET debits_posted = debits_posted + r.amount WHERE id = v_token.account_id;
-            UPDATE accounts SET credits_posted = credits_posted + r.amount WHERE id = r.revenue_account_id;
-        ELSE
-            UPDATE credit_tokens SET held_micros = held_micros + r.amount WHERE jti = ANY (v_chain);
-            INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, code, kind, metadata)
-            VALUES (r.id, v_token.account_id, r.revenue_account_id, r.amount, 'hold', 'pending',
-                    jsonb_build_object('merchant_id', r.merchant_id, 'token_jti', r.token_jti, 'tool', r.tool));
-            UPDATE accounts SET debits_pending = debits_pending + r.amount WHERE id = v_token.account_id;
-            UPDATE accounts SET credits_pending = credits_pending + r.amount WHERE id = r.revenue_account_id;
-        END IF;
-        SELECT min(cap_micros - spent_micros - held_micros) INTO res.token_remaining
-          FROM credit_tokens WHERE jti = ANY (v_chain);
-        res.account_balance := v_wallet_available - r.amount;
-        res.created_at := v_now;
-        IF r.kind = 'charge' THEN
-            INSERT INTO charges (id, merchant_id, idempotency_key, request_hash, token_jti, account_id,
-                                 tool, amount_micros, transfer_id, receipt_id, receipt_kid,
-                                 token_remaining_micros, account_balance_micros, metadata, created_at)
-            VALUES (r.id, r.merchant_id, r.idempotency_key, r.request_hash, r.token_jti,
-                    v_token.account_id, r.tool, r.amount, r.id, r.receipt_id, r.receipt_kid,
-                    res.token_remaining, res.account_balance, coalesce(r.metadata, '{}'), v_now);
-        ELSE
-            res.expires_at := v_now + make_interval(secs => r.hold_timeout_s);
-            INSERT INTO holds (id, merchant_id, idempotency_key, request_hash, token_jti, account_id,
-                               tool, amount_micros, transfer_id, status, expires_at, metadata, created_at)
-            VALUES (r.id, r.merchant_id, r.idempotency_key, r.request_hash, r.token_jti,
-                    v_token.account_id, r.tool, r.amount, r.id, 'pending', res.expires_at,
-                    coalesce(r.metadata, '{}'), v_now);
-        END IF;
+        -- Accepted: take the amount from the chain and the wallet (in memory).
+        v_remaining := NULL;
+        j := ti;
+        WHILE j IS NOT NULL LOOP
+            t_avail[j] := t_avail[j] - r.amount;
+            IF r.kind = 'charge' THEN
+                t_spent_delta[j] := t_spent_delta[j] + r.amount;
+            ELSE
+                t_held_delta[j] := t_held_delta[j] + r.amount;
+            END IF;
+            v_remaining := least(coalesce(v_remaining, t_avail[j]), t_avail[j]);
+            j := t_parent_idx[j];
+        END LOOP;
+        w_avail[wi] := w_avail[wi] - r.amount;
         res.outcome := 'created';
-        RETURN NEXT res;
+        res.token_remaining := v_remaining;
+        res.account_balance := w_avail[wi];
+        res.created_at := v_now;
+        IF r.kind = 'hold' THEN
+            res.expires_at := v_now + make_interval(secs => r.hold_timeout_s);
+        END IF;
+        results := results || res;
+        a_idx := a_idx || i;
+        seen_keys := seen_keys || v_key;
+        seen_idx := seen_idx || i;
     END LOOP;
+
+    -- 5. Write every accepted request with bulk statements.
+    IF array_length(a_idx, 1) IS NOT NULL THEN
+        INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, code, kind, metadata)
+        SELECT q.id, x.account_id, q.revenue_account_id, q.amount,
+               CASE WHEN q.kind = 'charge' THEN 'charge' ELSE 'hold' END,
+               CASE WHEN q.kind = 'charge' THEN 'single' ELSE 'pending' END,
+               jsonb_build_object('merchant_id', q.merchant_id, 'token_jti', q.token_jti, 'tool', q.tool)
+          FROM unnest(a_idx) AS a(i)
+          CROSS JOIN LATERAL (SELECT (p_requests[a.i]).*) q
+          CROSS JOIN LATERAL (SELECT (results[a.i]).account_id) x;
+
+        UPDATE accounts w
+           SET debits_posted = w.debits_posted + d.posted, debits_pending = w.debits_pending + d.pending
+          FROM (SELECT (results[a.i]).account_id AS id,
+                       sum(CASE WHEN (p_requests[a.i]).kind = 'charge' THEN (p_requests[a.i]).amount ELSE 0 END) AS posted,
+                       sum(CASE WHEN (p_requests[a.i]).kind = 'hold' THEN (p_requests[a.i]).amount ELSE 0 END) AS pending
+                  FROM unnest(a_idx) AS a(i) GROUP BY 1) d
+         WHERE w.id = d.id;
+        UPDATE accounts m
+           SET credits_posted = m.credits_posted + d.posted, credits_pending = m.credits_pending + d.pending
+          FROM (SELECT (p_requests[a.i]).revenue_account_id AS id,
+                       sum(CASE WHEN (p_requests[a.i]).kind = 'charge' THEN (p_requests[a.i]).amount ELSE 0 END) AS posted,
+                       sum(CASE WHEN (p_requests[a.i]).kind = 'hold' THEN (p_requests[a.i]).amount ELSE 0 END) AS pending
+                  FROM unnest(a_idx) AS a(i) GROUP BY 1) d
+         WHERE m.id = d.id;
+        UPDATE credit_tokens t
+           SET spent_micros = t.spent_micros + d.spent, held_micros = t.held_micros + d.held
+          FROM unnest(t_ids, t_spent_delta, t_held_delta) AS d(jti, spent, held)
+         WHERE t.jti = d.jti AND (d.spent <> 0 OR d.held <> 0);
+
+        INSERT INTO charges (id, merchant_id, idempotency_key, request_hash, token_jti, account_id,
+                             tool, amount_micros, transfer_id, receipt_id, receipt_kid,
+                             token_remaining_micros, account_balance_micros, metadata, created_at)
+        SELECT q.id, q.merchant_id, q.idempotency_key, q.request_hash, q.token_jti, x.account_id,
+               q.tool, q.amount, q.id, q.receipt_id, q.receipt_kid, x.token_remaining,
+               x.account_balance, coalesce(q.metadata, '{}'::jsonb), v_now
+          FROM unnest(a_idx) AS a(i)
+          CROSS JOIN LATERAL (SELECT (p_requests[a.i]).*) q
+          CROSS JOIN LATERAL (SELECT (results[a.i]).*) x
+         WHERE q.kind = 'charge';
+        INSERT INTO holds (id, merchant_id, idempotency_key, request_hash, token_jti, account_id,
+                           tool, amount_micros, transfer_id, status, expires_at, metadata, created_at)
+        SELECT q.id, q.merchant_id, q.idempotency_key, q.request_hash, q.token_jti, x.account_id,
+               q.tool, q.amount, q.id, 'pending', x.expires_at, coalesce(q.metadata, '{}'::jsonb), v_now
+          FROM unnest(a_idx) AS a(i)
+          CROSS JOIN LATERAL (SELECT (p_requests[a.i]).*) q
+          CROSS JOIN LATERAL (SELECT (results[a.i]).*) x
+         WHERE q.kind = 'hold';
+    END IF;
+
+    RETURN QUERY SELECT * FROM unnest(results);
 END $$;
 
 -- Effective remaining budget of a credit token: the least over its chain.

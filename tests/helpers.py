@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -110,3 +111,20 @@ async def row_counts(dsn: str) -> dict[str, int]:
         return counts
     finally:
         await conn.close()
+
+
+def assert_no_secrets_logged(records: list[logging.LogRecord], secrets: list[str]) -> None:
+    """No log record (message, args, traceback) contains any of `secrets`.
+
+    Pass credit tokens, API keys and signing-key seeds (hex and base64url); a
+    recognisable fragment (e.g. a token's first 40 body characters) is a leak too.
+    """
+    assert any(r.getMessage() == "capture probe" for r in records), (
+        "log the probe `logging.getLogger('tests').warning('capture probe')` first, "
+        "so that an empty capture cannot pass"
+    )
+    text = "\n".join(
+        f"{r.getMessage()} {r.args!r} {r.exc_text or ''} {r.stack_info or ''}" for r in records
+    )
+    leaked = [s[:12] + "…" for s in secrets if s and s in text]
+    assert not leaked, f"secrets in logs: {leaked}"

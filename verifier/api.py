@@ -1,0 +1,149 @@
+"""HTTP controllers of verify-and-debit: merchants, charges, holds, refunds."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath, JSONBody
+
+from ledger.accounts import require_role
+from ledger.api import Auth, Pool, strict_body
+from ledger.auth import Principal, Role
+from verifier import charges
+from verifier.context import ChargeContext
+from verifier.merchants import Merchant, MerchantCreate, MerchantCreated, register_merchant
+
+__all__ = ["routes"]
+
+
+class Liveness(msgspec.Struct, frozen=True):
+    status: str = "ok"
+
+
+def _ctx(request: Request[Any, Any, Any]) -> ChargeContext:
+    ctx: ChargeContext = request.app.state.charge_context
+    return ctx
+
+
+async def _merchant(request: Request[Any, Any, Any], principal: Principal) -> Merchant:
+    require_role(principal, Role.merchant)
+    assert principal.subject_id is not None
+    ctx = _ctx(request)
+    return await ctx.merchants.get(ctx.pool, principal.subject_id)
+
+
+def _status(created: bool) -> int:
+    return 201 if created else 200
+
+
+@get(
+    "/health/live", operation_id="liveness", summary="Liveness only (no database)", tags=["health"]
+)
+async def liveness() -> Liveness:
+    return Liveness()
+
+
+class MerchantController(Controller):
+    path = "/v1/merchants"
+    tags = ["merchants"]
+    security = [{"apiKey": []}]
+
+    @post(operation_id="createMerchant", summary="Register a paid tool provider (operator)")
+    async def create_merchant(
+        self, data: JSONBody[MerchantCreate], principal: Auth, pool: Pool
+    ) -> MerchantCreated:
+        require_role(principal, Role.operator)
+        async with pool.acquire() as conn:
+            return await register_merchant(conn, data.name)
+
+    @get("/me", operation_id="getOwnMerchant", summary="The calling merchant")
+    async def get_own_merchant(self, request: Request[Any, Any, Any], principal: Auth) -> Merchant:
+        return await _merchant(request, principal)
+
+
+class ChargeController(Controller):
+    path = "/v1/charges"
+    tags = ["charges"]
+    security = [{"apiKey": []}]
+
+    @post(
+        operation_id="createCharge",
+        summary="Verify a credit token and debit it (merchant)",
+        status_code=201,
+    )
+    async def create_charge(
+        self, request: Request[Any, Any, Any], data: JSONBody[charges.ChargeIn], principal: Auth
+    ) -> Response[charges.ChargeOut]:
+        data = await strict_body(request, charges.ChargeIn)
+        result, created = await charges.charge(
+            _ctx(request), await _merchant(request, principal), data
+        )
+        return Response(result, status_code=_status(created))
+
+    @post(
+        "/{charge_id:uuid}/refunds",
+        operation_id="createRefund",
+        summary="Refund part or all of a charge (merchant)",
+        status_code=201,
+    )
+    async def create_refund(
+        self,
+        request: Request[Any, Any, Any],
+        charge_id: FromPath[uuid.UUID],
+        data: JSONBody[charges.RefundIn],
+        principal: Auth,
+    ) -> Response[charges.RefundOut]:
+        merchant = await _merchant(request, principal)
+        data = await strict_body(request, charges.RefundIn)
+        result, created = await charges.refund(_ctx(request), merchant, charge_id, data)
+        return Response(result, status_code=_status(created))
+
+
+class HoldController(Controller):
+    path = "/v1/holds"
+    tags = ["holds"]
+    security = [{"apiKey": []}]
+
+    @post(
+        operation_id="createHold", summary="Authorize up to a maximum (merchant)", status_code=201
+    )
+    async def create_hold(
+        self, request: Request[Any, Any, Any], data: JSONBody[charges.HoldIn], principal: Auth
+    ) -> Response[charges.HoldOut]:
+        data = await strict_body(request, charges.HoldIn)
+        result, created = await charges.place_hold(
+            _ctx(request), await _merchant(request, principal), data
+        )
+        return Response(result, status_code=_status(created))
+
+    @post(
+        "/{hold_id:uuid}/capture",
+        operation_id="captureHold",
+        summary="Capture up to the held amount",
+        status_code=200,
+    )
+    async def capture_hold(
+        self,
+        request: Request[Any, Any, Any],
+        hold_id: FromPath[uuid.UUID],
+        data: JSONBody[charges.CaptureIn],
+        principal: Auth,
+    ) -> charges.CaptureOut:
+        data = await strict_body(request, charges.CaptureIn)
+        return await charges.capture_hold(
+            _ctx(request), await _merchant(request, principal), hold_id, data
+        )
+
+    @post(
+        "/{hold_id:uuid}/void", operation_id="voidHold", summary="Release a hold", status_code=200
+    )
+    async def void_hold(
+        self, request: Request[Any, Any, Any], hold_id: FromPath[uuid.UUID], principal: Auth
+    ) -> charges.VoidOut:
+        return await charges.void_hold(_ctx(request), await _merchant(request, principal), hold_id)
+
+
+routes: list[Any] = [liveness, MerchantController, ChargeController, HoldController]

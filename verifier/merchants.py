@@ -1,0 +1,79 @@
+"""Merchants: paid tools (MCP servers, HTTP APIs) that charge credit tokens.
+
+Registering a merchant creates its revenue account and its merchant API key
+(shown once, stored as a hash) in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from ledger import core, limits
+from ledger.auth import Role, create_api_key
+from ledger.db import Conn
+from ledger.errors import NotFound
+from ledger.queries import load_queries
+
+__all__ = [
+    "Merchant",
+    "MerchantCache",
+    "MerchantCreate",
+    "MerchantCreated",
+    "register_merchant",
+]
+
+queries = load_queries("verifier", "charges.sql")
+
+
+class MerchantCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: limits.Name
+
+
+class Merchant(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    name: str
+    revenue_account_id: uuid.UUID
+    created_at: datetime
+
+
+class MerchantCreated(msgspec.Struct, frozen=True):
+    merchant: Merchant
+    merchant_api_key: str
+
+
+async def register_merchant(conn: Conn, name: str) -> MerchantCreated:
+    async with conn.transaction():
+        revenue = await core.create_account(
+            conn, kind=core.AccountKind.merchant_revenue, name=f"revenue: {name}"
+        )
+        row = await conn.fetchrow(queries["insert_merchant"], uuid.uuid4(), name, revenue.id)
+        assert row is not None
+        merchant = Merchant(**dict(row.items()))
+        key = await create_api_key(conn, Role.merchant, merchant.id)
+    return MerchantCreated(merchant=merchant, merchant_api_key=key)
+
+
+# Merchants are immutable once registered; a process keeps the ones it has seen.
+MERCHANT_CACHE_SIZE_MAX = 10_000
+
+
+class MerchantCache:
+    def __init__(self) -> None:
+        self._by_id: dict[uuid.UUID, Merchant] = {}
+
+    async def get(self, pool: asyncpg.Pool, merchant_id: uuid.UUID) -> Merchant:
+        merchant = self._by_id.get(merchant_id)
+        if merchant is not None:
+            return merchant
+        row = await pool.fetchrow(queries["get_merchant"], merchant_id)
+        if row is None:
+            raise NotFound("no such merchant")
+        merchant = Merchant(**dict(row.items()))
+        if len(self._by_id) >= MERCHANT_CACHE_SIZE_MAX:
+            self._by_id.clear()
+        self._by_id[merchant_id] = merchant
+        return merchant
