@@ -18,6 +18,7 @@ import asyncpg
 import click
 import msgspec
 
+from issuer.cli import ensure_signing_keys_at, keys_group
 from ledger import accounts, core, limits
 from ledger.audit import run_audit
 from ledger.auth import ensure_operator_key, rotate_operator_key
@@ -90,6 +91,7 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
         except MigrationError as exc:
             raise click.ClickException(str(exc)) from exc
         operator_key = asyncio.run(_first_operator_key(dsn))
+        ensure_signing_keys_at(dsn)
         if operator_key is not None:
             click.echo(
                 "\nOperator API key (shown once; store it now, rotate with "
@@ -270,3 +272,69 @@ def openapi(output: Path, check: bool) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     click.echo(f"wrote {output}")
+
+
+main.add_command(keys_group)
+
+
+@main.command()
+@click.option(
+    "--clients",
+    type=click.IntRange(1, 256),
+    default=32,
+    show_default=True,
+    help="Concurrent clients.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0.5, 600),
+    default=5.0,
+    show_default=True,
+    help="Seconds per scenario.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Service worker processes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(clients: int, duration: float, workers: int, as_json: bool) -> None:
+    """Measure verify-and-debit against same-run baselines (web floor, pgbench)."""
+    from verifier.bench import BenchConfig, run_bench
+
+    report = run_bench(BenchConfig(clients=clients, duration_s=duration, workers=workers))
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    click.echo(f"clients {clients}, {duration:g} s per scenario, {workers} worker(s)")
+    rows = [
+        ("floor (GET /health/live)", report["floor_per_s"], "req/s"),
+        ("charges, spread", report["charges_per_s_spread"], "/s"),
+        ("charges, shared token+wallet", report["charges_per_s_shared"], "/s"),
+        ("pgbench UPDATE, spread rows", report["pgbench_tps_spread"], "tps"),
+        ("pgbench UPDATE, one hot row", report["pgbench_tps_hot_row"], "tps"),
+    ]
+    for name, value, unit in rows:
+        click.echo(f"  {name:<32} {value:>10.1f} {unit}")
+    click.echo(
+        f"  spread / floor                   {report['ratio_spread_to_floor']:>10.3f}  (target >= 0.5)"
+    )
+    click.echo(
+        f"  shared / pgbench hot row         {report['ratio_shared_to_pgbench_hot']:>10.3f}  (target >= 1.0)"
+    )
+    click.echo(
+        f"  latency at {report['fixed_rate_per_s']:.0f}/s offered: p50 {report['p50_ms']} ms, "
+        f"p99 {report['p99_ms']} ms, max {report['max_ms']} ms"
+    )
+    click.echo(f"  service peak RSS                 {report['server_rss_mb_max']:>10.1f} MB")
+
+
+def _register_reliability_commands() -> None:
+    from ledger.torture import torture_command
+
+    main.add_command(torture_command)
+
+
+_register_reliability_commands()
