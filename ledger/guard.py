@@ -8,7 +8,8 @@
   same limit while it is read).
 - `LedgerRequest`: a JSON body nested deeper than the decoder's recursion limit,
   or not valid UTF-8, is 422 `validation_failed` rather than an exception the
-  framework does not know.
+  framework does not know; so is a string holding U+0000, which PostgreSQL cannot
+  store (refused here, alone, before it can fail a batch of other requests).
 
 The server's own header limit (`server_options`) is set well above ours, so a
 client between the two limits gets our problem rather than a bare 400.
@@ -75,11 +76,30 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 class LedgerRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
         try:
-            return await super().json()
+            value = await super().json()
         except RecursionError:
             raise ValidationFailed("the JSON body is nested too deeply") from None
         except UnicodeDecodeError:
             raise ValidationFailed("the request body is not valid UTF-8") from None
+        # Raw JSON can carry NUL only escaped; look closer only when it might.
+        if b"\\u0000" in await self.body() and _holds_nul(value):
+            raise ValidationFailed("the request contains a character that cannot be stored (NUL)")
+        return value
+
+
+def _holds_nul(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
