@@ -27,6 +27,7 @@ from issuer.tokens import (
 )
 from ledger import limits
 from ledger.api import Auth, Pool
+from ledger.apidoc import problem_responses
 from ledger.config import Settings
 from verifier.tokens import PublishedKeys, load_keyring
 
@@ -110,6 +111,7 @@ class TokenController(Controller):
     @post(
         "/delegate",
         operation_id="delegateCreditToken",
+        responses=problem_responses(402),
         summary="Mint a narrower child of the presented credit token",
         security=[{"creditToken": []}],
     )

@@ -10,7 +10,8 @@ against the document finds nothing undocumented):
 - 413 `payload_too_large` when it has a body;
 - 401 `unauthenticated` and 403 `forbidden` (a credential of the wrong role)
   when it is secured;
-- 404 `not_found` when its path names a resource;
+- 404 `not_found` when a parameter names a resource (a path parameter, or any
+  parameter that is a UUID);
 - 431 `headers_too_large` and 503 `database_unavailable` for all.
 
 Litestar adds a 400 "ValidationException" response of its own shape to any
@@ -19,7 +20,12 @@ operation with inputs; we never send 400 (a request that cannot be decoded is
 
 Request bodies are Structs with `forbid_unknown_fields=True`; Litestar does not
 say so in their schemas, so `complete_openapi` adds `additionalProperties: false`
-to the schema of every such Struct a handler decodes (nested ones included).
+to the schema of every such Struct a handler decodes (nested ones included). It
+also drops constraints inside containers (list items, dict keys and values, the
+members of `X | None`); those are copied from msgspec's own schema of the Struct,
+which is exactly what the decoder enforces. And no string in a request body may
+hold NUL (`ledger.guard` refuses it: PostgreSQL cannot store it), which every
+string schema without a pattern of its own now says.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from litestar import Litestar
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPI,
+    OpenAPIFormat,
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
@@ -42,9 +49,17 @@ from litestar.openapi.spec import (
 )
 from litestar.openapi.spec import OpenAPIResponse as Response
 
+from ledger import limits
 from ledger.problems import PROBLEM_MEDIA_TYPE
 
-__all__ = ["FieldError", "Problem", "complete_openapi", "document_problems", "problem_responses"]
+__all__ = [
+    "FieldError",
+    "Problem",
+    "complete_openapi",
+    "document_problems",
+    "problem_responses",
+    "replay_response",
+]
 
 PROBLEM_SCHEMA_NAME = "Problem"
 
@@ -97,6 +112,18 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
+def replay_response(container: type[msgspec.Struct]) -> dict[int, ResponseSpec]:
+    """`responses=` for a create handler that answers an idempotent replay with
+    200 and the original result."""
+    return {
+        200: ResponseSpec(
+            data_container=container,
+            description="Idempotent replay: the result of the original request, unchanged.",
+            generate_examples=False,
+        )
+    }
+
+
 def _problem_response(status: int) -> Response:
     reference = Reference(ref=f"#/components/schemas/{PROBLEM_SCHEMA_NAME}")
     return Response(
@@ -113,9 +140,16 @@ def _implied_statuses(operation: Operation) -> list[int]:
         statuses.append(413)
     if operation.security:
         statuses.extend((401, 403))
-    if any(getattr(p, "param_in", None) == "path" for p in operation.parameters or ()):
+    if any(_names_a_resource(p) for p in operation.parameters or ()):
         statuses.append(404)
     return statuses
+
+
+def _names_a_resource(parameter: Any) -> bool:
+    schema = getattr(parameter, "schema", None)
+    options = [schema, *_alternatives(schema)] if isinstance(schema, Schema) else []
+    is_uuid = any(isinstance(o, Schema) and o.format == OpenAPIFormat.UUID for o in options)
+    return getattr(parameter, "param_in", None) == "path" or is_uuid
 
 
 def _complete(operation: Operation) -> None:
@@ -166,13 +200,75 @@ def _request_structs(app: Litestar) -> Iterator[mi.StructType]:
     yield from seen.values()
 
 
+_CONSTRAINTS = {
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "pattern": "pattern",
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "exclusiveMinimum": "exclusive_minimum",
+    "exclusiveMaximum": "exclusive_maximum",
+    "minItems": "min_items",
+    "maxItems": "max_items",
+    "minProperties": "min_properties",
+    "maxProperties": "max_properties",
+}
+
+
+def _alternatives(schema: Schema) -> list[Any]:
+    return [*(schema.one_of or []), *(schema.any_of or [])]
+
+
+def _merge_constraints(schema: Any, spec: Any) -> None:
+    """Copy the decoder's constraints (`spec`, JSON Schema from msgspec) that the
+    generated `schema` lacks, recursively."""
+    if not isinstance(schema, Schema) or not isinstance(spec, dict):
+        return
+    for key, attr in _CONSTRAINTS.items():
+        if key in spec and getattr(schema, attr) is None:
+            setattr(schema, attr, spec[key])
+    _merge_constraints(schema.items, spec.get("items"))
+    _merge_constraints(schema.additional_properties, spec.get("additionalProperties"))
+    names = spec.get("propertyNames")
+    if isinstance(names, dict) and schema.property_names is None:
+        schema.property_names = Schema(
+            **{attr: names[key] for key, attr in _CONSTRAINTS.items() if key in names}
+        )
+    for name, sub in (spec.get("properties") or {}).items():
+        _merge_constraints((schema.properties or {}).get(name), sub)
+    for option in spec.get("anyOf") or []:
+        kind = option.get("type") if isinstance(option, dict) else None
+        for candidate in _alternatives(schema):
+            if kind is not None and isinstance(candidate, Schema) and candidate.type == kind:
+                _merge_constraints(candidate, option)
+
+
+def _no_nul(schema: Any) -> None:
+    if not isinstance(schema, Schema):
+        return
+    if schema.type == OpenAPIType.STRING and schema.pattern is None:
+        schema.pattern = limits.TEXT_PATTERN
+    if isinstance(schema.property_names, Schema) and schema.property_names.pattern is None:
+        schema.property_names.pattern = limits.TEXT_PATTERN
+    children = [*(schema.properties or {}).values(), *_alternatives(schema)]
+    children += [schema.items, schema.additional_properties]
+    for child in children:
+        _no_nul(child)
+
+
 def document_closed_request_bodies(app: Litestar, document: OpenAPI) -> None:
-    """`additionalProperties: false` where the decoder refuses unknown fields."""
+    """What the decoder enforces on request bodies, in their schemas: no unknown
+    fields, and the constraints inside containers."""
     schemas: dict[str, Any] = dict(document.components.schemas) if document.components else {}
     for struct in _request_structs(app):
         schema = schemas.get(struct.cls.__name__)
-        if struct.forbid_unknown_fields and schema is not None:
+        if schema is None:
+            continue
+        if struct.forbid_unknown_fields:
             schema.additional_properties = False
+        _, components = msgspec.json.schema_components([struct.cls])
+        _merge_constraints(schema, components.get(struct.cls.__name__))
+        _no_nul(schema)
 
 
 def _exact_integer_bounds(schema: Any) -> None:
