@@ -308,7 +308,8 @@ class TopUp(Operation):
         deadline = time.monotonic() + RETRY_DEADLINE_S
         while True:
             try:
-                outcome = await _adjust(client.world.dsn(), wallet.account_id, amount, transfer_id)
+                dsn = client.world.dsn()
+                outcome = await _adjust(dsn, wallet.account_id, amount, transfer_id)
                 break
             except CONNECTION_ERRORS:
                 if time.monotonic() > deadline:
@@ -420,6 +421,9 @@ def restart_postgres(data_dir: Path, *, mode: str = "immediate") -> None:
 
 
 def _dsn(data_dir: Path) -> str:
+    # Looked up on every use: the nemesis may have PostgreSQL down right now.
+    if EmbeddedPostgres(data_dir).running_port() is None:
+        raise ConnectionRefusedError("PostgreSQL is not running")
     return EmbeddedPostgres(data_dir).dsn(DEFAULT_DATABASE_NAME)
 
 
@@ -477,6 +481,10 @@ async def _client_loop(
             except Anomaly as exc:
                 world.counts["anomalies"] += 1
                 log.error("anomaly: %s", exc)
+            except Exception:
+                # A fault of the harness itself fails the run too, never silently.
+                world.counts["anomalies"] += 1
+                log.exception("operation %s failed", op.name)
     finally:
         await client.close()
 
