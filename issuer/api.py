@@ -26,7 +26,8 @@ from issuer.tokens import (
     revoke_token,
 )
 from ledger import limits
-from ledger.api import Auth, Pool
+from ledger.api import Auth, Pool, strict_body
+from ledger.apidoc import problem_responses
 from ledger.config import Settings
 from verifier.tokens import PublishedKeys, load_keyring
 
@@ -73,8 +74,14 @@ class TokenController(Controller):
         security=[{"apiKey": []}],
     )
     async def mint(
-        self, data: JSONBody[MintRequest], principal: Auth, pool: Pool, settings: AppSettings
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[MintRequest],
+        principal: Auth,
+        pool: Pool,
+        settings: AppSettings,
     ) -> MintedToken:
+        data = await strict_body(request, MintRequest)
         return await mint_token(pool, principal, data, issuer=settings.base_url)
 
     @get(
@@ -110,16 +117,19 @@ class TokenController(Controller):
     @post(
         "/delegate",
         operation_id="delegateCreditToken",
+        responses=problem_responses(402),
         summary="Mint a narrower child of the presented credit token",
         security=[{"creditToken": []}],
     )
     async def delegate(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[DelegateRequest],
         pool: Pool,
         settings: AppSettings,
         authorization: CreditTokenHeader = None,
     ) -> MintedToken:
+        data = await strict_body(request, DelegateRequest)
         topup_url = f"{settings.base_url}/v1/topups/card"
         return await delegate_token(
             pool, authorization, data, issuer=settings.base_url, topup_url=topup_url

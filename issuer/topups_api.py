@@ -15,7 +15,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from issuer import siwe, topups_card, usdc
 from ledger import limits
 from ledger.accounts import require_role
-from ledger.api import Auth, Pool
+from ledger.api import Auth, Pool, strict_body
+from ledger.apidoc import problem_responses
 from ledger.auth import Principal, Role
 from ledger.config import Settings
 
@@ -54,13 +55,19 @@ class CardTopupController(Controller):
     security = ({"apiKey": []},)
     dependencies = _settings_dependency
 
-    @post(operation_id="createCardTopup", summary="Start a card top-up (Stripe Checkout)")
+    @post(
+        operation_id="createCardTopup",
+        summary="Start a card top-up (Stripe Checkout)",
+        responses=problem_responses(502, 503),
+    )
     async def create(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[topups_card.CardTopupCreate],
         principal: Auth,
         settings: AppSettings,
     ) -> topups_card.CardTopupCreated:
+        data = await strict_body(request, topups_card.CardTopupCreate)
         return await topups_card.create_card_topup(settings, owner_account(principal), data)
 
     @get("/shortfalls", operation_id="listCardShortfalls", summary="Unrecovered claw-backs")
@@ -76,7 +83,12 @@ class StripeWebhookController(Controller):
     tags = ("top-ups",)
     dependencies = _settings_dependency
 
-    @post(operation_id="stripeWebhook", summary="Stripe events (signed)", status_code=200)
+    @post(
+        operation_id="stripeWebhook",
+        summary="Stripe events (signed)",
+        status_code=200,
+        responses=problem_responses(400, 503),
+    )
     async def receive(
         self, request: Request[Any, Any, Any], pool: Pool, settings: AppSettings
     ) -> topups_card.WebhookAck:
@@ -94,17 +106,24 @@ class WalletController(Controller):
     @post("/challenge", operation_id="createWalletChallenge", summary="EIP-4361 message to sign")
     async def challenge(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[siwe.WalletChallengeCreate],
         principal: Auth,
         pool: Pool,
         settings: AppSettings,
     ) -> siwe.WalletChallenge:
+        data = await strict_body(request, siwe.WalletChallengeCreate)
         return await siwe.create_challenge(pool, settings, owner_account(principal), data)
 
     @post(operation_id="linkWallet", summary="Link an EVM address with a signed challenge")
     async def link(
-        self, data: JSONBody[siwe.WalletLink], principal: Auth, pool: Pool
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[siwe.WalletLink],
+        principal: Auth,
+        pool: Pool,
     ) -> siwe.LinkedWallet:
+        data = await strict_body(request, siwe.WalletLink)
         return await siwe.link_wallet(pool, owner_account(principal), data)
 
     @get(operation_id="listWallets", summary="Addresses linked to the owner's account")
@@ -139,12 +158,14 @@ class UsdcDepositController(Controller):
     )
     async def assign(
         self,
+        request: Request[Any, Any, Any],
         deposit_id: FromPath[uuid.UUID],
         data: JSONBody[usdc.DepositAssign],
         principal: Auth,
         pool: Pool,
     ) -> usdc.DepositView:
         require_role(principal, Role.operator)
+        data = await strict_body(request, usdc.DepositAssign)
         return await usdc.assign_deposit(pool, deposit_id, data)
 
     @get("/reorg-alerts", operation_id="listUsdcReorgAlerts", summary="Deep reorgs found")

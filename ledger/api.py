@@ -22,6 +22,7 @@ from ledger.accounts import (
     read_journal,
     require_role,
 )
+from ledger.apidoc import problem_responses
 from ledger.auth import AuthCache, Principal, Role
 from ledger.errors import DatabaseUnavailable, ValidationFailed
 
@@ -76,7 +77,11 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get(operation_id="health", summary="Liveness and database reachability")
+    @get(
+        operation_id="health",
+        summary="Liveness and database reachability",
+        responses=problem_responses(503),
+    )
     async def health(self, pool: Pool) -> Health:
         try:
             await pool.fetchval("SELECT 1", timeout=2.0)
@@ -90,21 +95,33 @@ class AccountController(Controller):
     tags = ["accounts"]
     security = [{"apiKey": []}]
 
-    @post(operation_id="createAccount", summary="Create a customer wallet (operator)")
+    @post(
+        operation_id="createAccount",
+        summary="Create a customer wallet (operator)",
+        responses=problem_responses(403),
+    )
     async def create_account(
         self, data: JSONBody[AccountCreate], principal: Auth, pool: Pool
     ) -> AccountCreated:
         require_role(principal, Role.operator)
         return await create_customer_account(pool, data.name)
 
-    @get("/{account_id:uuid}", operation_id="getAccount", summary="Balance of an account")
+    @get(
+        "/{account_id:uuid}",
+        operation_id="getAccount",
+        summary="Balance of an account",
+        responses=problem_responses(404),
+    )
     async def get_account(
         self, account_id: FromPath[uuid.UUID], principal: Auth, pool: Pool
     ) -> AccountView:
         return await read_account(pool, principal, account_id)
 
     @get(
-        "/{account_id:uuid}/transfers", operation_id="listAccountTransfers", summary="Journal page"
+        "/{account_id:uuid}/transfers",
+        operation_id="listAccountTransfers",
+        summary="Journal page",
+        responses=problem_responses(404),
     )
     async def list_transfers(
         self,

@@ -20,9 +20,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from ledger import core
 from ledger.api import AccountController, HealthController, dependencies
+from ledger.apidoc import complete_openapi
 from ledger.auth import AuthCache
 from ledger.config import ConfigError, Settings
 from ledger.db import CONNECTION_ERRORS, create_pool
+from ledger.guard import LedgerRequest, RequestGuard
 from ledger.problems import exception_handlers
 
 __all__ = ["API_VERSION", "create_app", "openapi_document"]
@@ -56,7 +58,11 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not settings.database_url:
         raise ConfigError("DATABASE_URL is not set (`ledger serve` sets it for you)")
-    app.state.pool = await create_pool(settings.database_url, max_size=settings.pool_size_max)
+    app.state.pool = await create_pool(
+        settings.database_url,
+        max_size=settings.pool_size_max,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
+    )
     await _ensure_signing_keys(app)
     sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
     from verifier.context import ChargeContext
@@ -135,10 +141,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_database, *_feature_lifespans()],
         openapi_config=_openapi_config(),
         request_max_body_size=settings.request_body_bytes_max,
+        middleware=[RequestGuard(settings)],
+        request_class=LedgerRequest,
         state=State({"settings": settings, "auth_cache": AuthCache()}),
         debug=False,
     )
-    return Litestar.from_config(config)
+    app = Litestar.from_config(config)
+    # Built once here, so the served document and `openapi_document()` are the same.
+    complete_openapi(app)
+    return app
 
 
 def openapi_document() -> dict[str, Any]:

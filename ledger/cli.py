@@ -78,6 +78,8 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
     """Run the API (on the embedded PostgreSQL unless DATABASE_URL is set)."""
     import uvicorn
 
+    from ledger.guard import server_options
+
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
     # uvicorn handles Ctrl-C/SIGTERM while it runs, then re-raises the signal to the
     # handler it found; make that handler unwind normally so the embedded PostgreSQL
@@ -109,6 +111,7 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
             log_level="info",
             access_log=False,
             timeout_graceful_shutdown=10,
+            **server_options(settings),
         )
 
 
@@ -343,3 +346,12 @@ def _register_features() -> None:
 
 
 _register_features()
+
+
+def _register_reliability_commands() -> None:
+    from ledger.torture import torture_command
+
+    main.add_command(torture_command)
+
+
+_register_reliability_commands()

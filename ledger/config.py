@@ -57,7 +57,10 @@ class Settings:
     workers: int = 1
     public_url: str = ""
     pool_size_max: int = limits.POOL_SIZE_MAX
+    pool_acquire_timeout_s: float = limits.POOL_ACQUIRE_TIMEOUT_S
     request_body_bytes_max: int = limits.REQUEST_BODY_BYTES_MAX
+    request_header_bytes_max: int = limits.REQUEST_HEADER_BYTES_MAX
+    request_headers_count_max: int = limits.REQUEST_HEADERS_COUNT_MAX
     expiry_sweep_interval_s: float = DEFAULT_EXPIRY_SWEEP_INTERVAL_S
     # Card top-ups (Stripe). Secrets are kept out of repr so they never reach a log.
     stripe_secret_key: str | None = field(default=None, repr=False)
@@ -102,6 +105,14 @@ class Settings:
             workers=_int(env, "LEDGER_WORKERS", 1, lo=1, hi=64),
             public_url=(env.get("LEDGER_PUBLIC_URL") or "").rstrip("/"),
             pool_size_max=_int(env, "LEDGER_POOL_SIZE_MAX", limits.POOL_SIZE_MAX, lo=2, hi=200),
+            pool_acquire_timeout_s=_int(
+                env,
+                "LEDGER_POOL_ACQUIRE_TIMEOUT_MS",
+                int(limits.POOL_ACQUIRE_TIMEOUT_S * 1000),
+                lo=10,
+                hi=600_000,
+            )
+            / 1000,
             request_body_bytes_max=_int(
                 env,
                 "LEDGER_REQUEST_BODY_BYTES_MAX",
@@ -152,6 +163,20 @@ class Settings:
             ),
             usdc_poll_interval_s=_int(
                 env, "USDC_POLL_INTERVAL_S", DEFAULT_USDC_POLL_INTERVAL_S, lo=1, hi=3_600
+            ),
+            request_header_bytes_max=_int(
+                env,
+                "LEDGER_REQUEST_HEADER_BYTES_MAX",
+                limits.REQUEST_HEADER_BYTES_MAX,
+                lo=1024,
+                hi=1024 * 1024,
+            ),
+            request_headers_count_max=_int(
+                env,
+                "LEDGER_REQUEST_HEADERS_COUNT_MAX",
+                limits.REQUEST_HEADERS_COUNT_MAX,
+                lo=10,
+                hi=1000,
             ),
             extra={
                 k: v

@@ -17,13 +17,14 @@ import asyncpg
 import msgspec
 
 if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
+    from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from ledger import limits
 from ledger.errors import DatabaseUnavailable
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "BoundedPool",
     "Conn",
     "connect",
     "create_pool",
@@ -85,17 +86,48 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+if TYPE_CHECKING:
+    _PoolBase = asyncpg.Pool[asyncpg.Record]
+else:  # not subscriptable at run time
+    _PoolBase = asyncpg.Pool
+
+
+class BoundedPool(_PoolBase):
+    """A pool whose every acquire is bounded in time.
+
+    With the database down or every connection busy, a request waits at most
+    `acquire_timeout_s` for a connection (connecting included), then fails with a
+    timeout that the edge answers as 503: no request hangs on the pool.
+    """
+
+    __slots__ = ("_acquire_timeout_s",)
+
+    def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
+        self._acquire_timeout_s = acquire_timeout_s
+        super().__init__(*args, **kwargs)
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext[asyncpg.Record]:
+        return super().acquire(timeout=self._acquire_timeout_s if timeout is None else timeout)
+
+
 async def create_pool(
     dsn: str,
     *,
     min_size: int = limits.POOL_SIZE_MIN,
     max_size: int = limits.POOL_SIZE_MAX,
+    acquire_timeout_s: float = limits.POOL_ACQUIRE_TIMEOUT_S,
 ) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
+    # What `asyncpg.create_pool` does, with the bounded pool class.
+    pool = BoundedPool(
         dsn,
+        acquire_timeout_s=acquire_timeout_s,
         min_size=min_size,
         max_size=max_size,
         max_queries=limits.POOL_QUERIES_MAX,
+        max_inactive_connection_lifetime=limits.POOL_CONNECTION_IDLE_S_MAX,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         timeout=limits.DB_CONNECT_TIMEOUT_S,
         command_timeout=limits.DB_COMMAND_TIMEOUT_S,
         init=_init_connection,
@@ -104,8 +136,7 @@ async def create_pool(
             "application_name": "ledger",
         },
     )
-    assert pool is not None
-    return pool
+    return await pool
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:

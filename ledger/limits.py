@@ -19,6 +19,9 @@ METADATA_VALUE_LENGTH_MAX = 500
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
 REQUEST_BODY_BYTES_MAX = 64 * 1024
+# Request line (path and query) plus every header name and value, in bytes.
+REQUEST_HEADER_BYTES_MAX = 16 * 1024
+REQUEST_HEADERS_COUNT_MAX = 100
 
 # Database pool.
 POOL_SIZE_MIN = 2
@@ -27,7 +30,16 @@ POOL_QUERIES_MAX = 50_000
 STATEMENT_TIMEOUT_MS = 10_000
 DB_CONNECT_TIMEOUT_S = 5.0
 DB_COMMAND_TIMEOUT_S = 15.0
+# Waiting for a pooled connection: past this a request is 503, never a hang.
+POOL_ACQUIRE_TIMEOUT_S = 5.0
+# Idle pooled connections are closed after this (asyncpg's default).
+POOL_CONNECTION_IDLE_S_MAX = 300.0
+# What a 503 asks clients to wait before retrying (Retry-After).
+RETRY_AFTER_S = 1
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="Amount in micro-USD.")]
 PageSize = Annotated[int, Meta(ge=1, le=PAGE_SIZE_MAX)]
-Name = Annotated[str, Meta(min_length=1, max_length=NAME_LENGTH_MAX)]
+# Any Unicode text but NUL, which PostgreSQL cannot store: refused at the boundary,
+# and said so in the OpenAPI document.
+TEXT_PATTERN = "^[^\\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=NAME_LENGTH_MAX, pattern=TEXT_PATTERN)]

@@ -21,8 +21,15 @@ from litestar.exceptions import (
     ValidationException,
 )
 
+from ledger import limits
 from ledger.db import CONNECTION_ERRORS
-from ledger.errors import DatabaseUnavailable, LedgerError, NotFound, ValidationFailed
+from ledger.errors import (
+    DatabaseUnavailable,
+    LedgerError,
+    NotFound,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "exception_handlers", "problem_response"]
 
@@ -53,7 +60,11 @@ def problem_response(
 
 
 def _domain(request: Request[Any, Any, Any], exc: LedgerError) -> Response[dict[str, Any]]:
-    return problem_response(exc.status, exc.problem(request.url.path), exc.headers or None)
+    headers = dict(exc.headers)
+    if isinstance(exc, ServiceUnavailable):
+        # Every 503 tells the client when to come back, however it was raised.
+        headers.setdefault("Retry-After", str(limits.RETRY_AFTER_S))
+    return problem_response(exc.status, exc.problem(request.url.path), headers or None)
 
 
 def _validation(
@@ -100,9 +111,22 @@ def _not_found(request: Request[Any, Any, Any], exc: NotFoundException) -> Respo
 
 def _database(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.warning("database unavailable: %s", type(exc).__name__)
-    error = DatabaseUnavailable()
-    error.headers["Retry-After"] = "1"
-    return _domain(request, error)
+    return _domain(request, DatabaseUnavailable())
+
+
+def _busy(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # A statement timeout, lock timeout, deadlock or serialization failure: an
+    # operating condition, not a bug; the client retries (with its idempotency key).
+    log.warning("database busy: %s", type(exc).__name__)
+    return _domain(request, ServiceUnavailable("the database did not complete the request; retry"))
+
+
+def _unstorable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # PostgreSQL cannot store a NUL character (text) or its escape (jsonb): the
+    # input is at fault, and nothing was written.
+    return _domain(
+        request, ValidationFailed("the request contains a character that cannot be stored")
+    )
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -128,6 +152,11 @@ def exception_handlers() -> dict[type[Exception] | int, Any]:
         MethodNotAllowedException: _http,
         HTTPException: _http,
         asyncpg.exceptions.InterfaceError: _database,
+        asyncpg.exceptions.QueryCanceledError: _busy,
+        asyncpg.exceptions.LockNotAvailableError: _busy,
+        asyncpg.exceptions.TransactionRollbackError: _busy,
+        asyncpg.exceptions.CharacterNotInRepertoireError: _unstorable,
+        asyncpg.exceptions.UntranslatableCharacterError: _unstorable,
         Exception: _internal,
     }
     for exc_type in CONNECTION_ERRORS:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 
 import asyncpg
+import uvicorn
 
 from ledger import core
+from ledger.app import create_app
 from ledger.audit import run_audit
+from ledger.auth import ensure_operator_key
+from ledger.config import Settings
 from ledger.db import connect
+from ledger.guard import server_options
 
 
 async def assert_invariants(conn_or_dsn: asyncpg.Connection | str) -> None:
@@ -50,6 +56,61 @@ async def balance(conn: asyncpg.Connection, account_id: uuid.UUID) -> int:
     account = await core.get_account(conn, account_id)
     assert account is not None
     return account.balance
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """The real app behind uvicorn on `settings.port` with the server options
+    `ledger serve` uses; yields the base URL."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+        **server_options(settings),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(1000):
+            if server.started:
+                break
+            assert thread.is_alive(), "uvicorn did not start"
+            threading.Event().wait(0.01)
+        assert server.started, "uvicorn did not start in time"
+        yield f"http://{settings.host}:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+async def operator_key_for(dsn: str) -> str:
+    """The first operator API key of a fresh database."""
+    conn = await connect(dsn)
+    try:
+        key = await ensure_operator_key(conn)
+    finally:
+        await conn.close()
+    assert key is not None
+    return key
+
+
+async def row_counts(dsn: str) -> dict[str, int]:
+    """Rows per table that money or accounts live in: 'nothing changed' is equality."""
+    conn = await connect(dsn)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        )
+        counts: dict[str, int] = {}
+        for row in tables:
+            name = row["tablename"]
+            counts[name] = await conn.fetchval(f'SELECT count(*) FROM "{name}"')
+        return counts
+    finally:
+        await conn.close()
 
 
 def assert_no_secrets_logged(records: list[logging.LogRecord], secrets: list[str]) -> None:

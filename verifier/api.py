@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from ledger import limits
 from ledger.accounts import require_role
 from ledger.api import Auth, Pool, strict_body
+from ledger.apidoc import problem_responses, replay_response
 from ledger.auth import Principal, Role
 from verifier import charges, views
 from verifier.context import ChargeContext
@@ -61,9 +62,14 @@ class MerchantController(Controller):
 
     @post(operation_id="createMerchant", summary="Register a paid tool provider (operator)")
     async def create_merchant(
-        self, data: JSONBody[MerchantCreate], principal: Auth, pool: Pool
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[MerchantCreate],
+        principal: Auth,
+        pool: Pool,
     ) -> MerchantCreated:
         require_role(principal, Role.operator)
+        data = await strict_body(request, MerchantCreate)
         async with pool.acquire() as conn:
             return await register_merchant(conn, data.name)
 
@@ -82,6 +88,7 @@ class ChargeController(Controller):
 
     @post(
         operation_id="createCharge",
+        responses={**problem_responses(402, 409, 429), **replay_response(charges.ChargeOut)},
         summary="Verify a credit token and debit it (merchant)",
         status_code=201,
     )
@@ -120,6 +127,7 @@ class ChargeController(Controller):
     @post(
         "/{charge_id:uuid}/refunds",
         operation_id="createRefund",
+        responses={**problem_responses(409, 429), **replay_response(charges.RefundOut)},
         summary="Refund part or all of a charge (merchant)",
         status_code=201,
     )
@@ -142,7 +150,10 @@ class HoldController(Controller):
     security = [{"apiKey": []}]
 
     @post(
-        operation_id="createHold", summary="Authorize up to a maximum (merchant)", status_code=201
+        operation_id="createHold",
+        responses={**problem_responses(402, 409, 429), **replay_response(charges.HoldOut)},
+        summary="Authorize up to a maximum (merchant)",
+        status_code=201,
     )
     async def create_hold(
         self, request: Request[Any, Any, Any], data: JSONBody[charges.HoldIn], principal: Auth
@@ -163,6 +174,7 @@ class HoldController(Controller):
     @post(
         "/{hold_id:uuid}/capture",
         operation_id="captureHold",
+        responses=problem_responses(409, 429),
         summary="Capture up to the held amount",
         status_code=200,
     )
@@ -179,7 +191,11 @@ class HoldController(Controller):
         )
 
     @post(
-        "/{hold_id:uuid}/void", operation_id="voidHold", summary="Release a hold", status_code=200
+        "/{hold_id:uuid}/void",
+        operation_id="voidHold",
+        responses=problem_responses(409),
+        summary="Release a hold",
+        status_code=200,
     )
     async def void_hold(
         self, request: Request[Any, Any, Any], hold_id: FromPath[uuid.UUID], principal: Auth

@@ -63,7 +63,9 @@ class MerchantView(msgspec.Struct, frozen=True, kw_only=True):
 async def register_merchant(conn: Conn, name: str) -> MerchantCreated:
     async with conn.transaction():
         revenue = await core.create_account(
-            conn, kind=core.AccountKind.merchant_revenue, name=f"revenue: {name}"
+            conn,
+            kind=core.AccountKind.merchant_revenue,
+            name=f"revenue: {name}"[: limits.NAME_LENGTH_MAX],
         )
         row = await conn.fetchrow(queries["insert_merchant"], uuid.uuid4(), name, revenue.id)
         assert row is not None
