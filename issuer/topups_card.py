@@ -35,6 +35,7 @@ from msgspec import Meta
 from ledger import core, limits
 from ledger.config import Settings
 from ledger.errors import LedgerError, ServiceUnavailable, ValidationFailed
+from ledger.jsondepth import nests_deeper_than
 from ledger.queries import load_queries
 
 __all__ = [
@@ -280,6 +281,9 @@ def _verify(settings: Settings, payload: bytes, signature: str | None) -> _Event
     secret = settings.stripe_webhook_secret
     if not secret:
         raise CardTopupsUnavailable("Stripe webhooks need STRIPE_WEBHOOK_SECRET to be configured")
+    if nests_deeper_than(payload):
+        # Stripe's events nest a few levels; the decoders must never see deeper.
+        raise WebhookPayloadInvalid("the event nests deeper than any Stripe event")
     try:
         stripe.Webhook.construct_event(
             payload, signature, secret, tolerance=settings.stripe_webhook_tolerance_s

@@ -25,6 +25,7 @@ from ledger.accounts import (
 from ledger.apidoc import problem_responses
 from ledger.auth import AuthCache, Principal, Role
 from ledger.errors import DatabaseUnavailable, ValidationFailed
+from ledger.guard import refuse_deep_json
 
 __all__ = ["AccountController", "Auth", "HealthController", "Pool", "dependencies", "strict_body"]
 
@@ -39,8 +40,10 @@ async def strict_body(request: Request[Any, Any, Any], body_type: type[T]) -> T:
     that take money re-decode the (already buffered) body with msgspec's strict
     rules and refuse anything else as `validation_failed`.
     """
+    body = await request.body()
+    refuse_deep_json(body)
     try:
-        return msgspec.json.decode(await request.body(), type=body_type, strict=True)
+        return msgspec.json.decode(body, type=body_type, strict=True)
     except msgspec.ValidationError as exc:
         raise ValidationFailed(str(exc), errors=[{"message": str(exc), "key": "data"}]) from None
     except msgspec.DecodeError:
@@ -101,9 +104,14 @@ class AccountController(Controller):
         responses=problem_responses(403),
     )
     async def create_account(
-        self, data: JSONBody[AccountCreate], principal: Auth, pool: Pool
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[AccountCreate],
+        principal: Auth,
+        pool: Pool,
     ) -> AccountCreated:
         require_role(principal, Role.operator)
+        data = await strict_body(request, AccountCreate)
         return await create_customer_account(pool, data.name)
 
     @get(

@@ -6,8 +6,8 @@
   `Content-Length` above `request_body_bytes_max` is 413 `payload_too_large`
   without reading the body (a chunked body is cut off by the framework at the
   same limit while it is read).
-- `LedgerRequest`: a JSON body nested deeper than the decoder's recursion limit,
-  or not valid UTF-8, is 422 `validation_failed` rather than an exception the
+- `LedgerRequest`: a JSON body nested deeper than `JSON_DEPTH_MAX` (measured
+  before decoding: see `ledger.jsondepth`), or not valid UTF-8, is 422 `validation_failed` rather than an exception the
   framework does not know; so is a string holding U+0000, which PostgreSQL cannot
   store (refused here, alone, before it can fail a batch of other requests).
 
@@ -33,8 +33,16 @@ from litestar.types import (
 
 from ledger.config import Settings
 from ledger.errors import LedgerError, PayloadTooLarge, ValidationFailed
+from ledger.jsondepth import nests_deeper_than
+from ledger.limits import JSON_DEPTH_MAX
 
-__all__ = ["HeadersTooLarge", "LedgerRequest", "RequestGuard", "server_options"]
+__all__ = [
+    "HeadersTooLarge",
+    "LedgerRequest",
+    "RequestGuard",
+    "refuse_deep_json",
+    "server_options",
+]
 
 # uvicorn (h11) refuses an incomplete header block larger than this with a plain
 # 400 and closes; it must stay above our own limit for ours to be the one seen.
@@ -109,16 +117,26 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 class LedgerRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
+        refuse_deep_json(await self.body())
         try:
             value = await super().json()
         except RecursionError:
-            raise ValidationFailed("the JSON body is nested too deeply") from None
+            raise ValidationFailed(DEEP_JSON) from None
         except UnicodeDecodeError:
             raise ValidationFailed("the request body is not valid UTF-8") from None
         # Raw JSON can carry NUL only escaped; look closer only when it might.
         if b"\\u0000" in await self.body() and _holds_nul(value):
             raise ValidationFailed("the request contains a character that cannot be stored (NUL)")
         return value
+
+
+DEEP_JSON = f"the JSON body nests arrays and objects more than {JSON_DEPTH_MAX} deep"
+
+
+def refuse_deep_json(body: bytes) -> None:
+    """422 for a body nested deeper than any request needs, before it is decoded."""
+    if nests_deeper_than(body):
+        raise ValidationFailed(DEEP_JSON)
 
 
 def _holds_nul(value: Any) -> bool:

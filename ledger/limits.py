@@ -22,6 +22,8 @@ REQUEST_BODY_BYTES_MAX = 64 * 1024
 # Request line (path and query) plus every header name and value, in bytes.
 REQUEST_HEADER_BYTES_MAX = 16 * 1024
 REQUEST_HEADERS_COUNT_MAX = 100
+# Arrays and objects open at once in a JSON body, token footer or event.
+JSON_DEPTH_MAX = 32
 
 # Database pool.
 POOL_SIZE_MIN = 2

@@ -325,6 +325,8 @@ async def test_unverified_payloads_credit_nothing(card_service: Service) -> None
         b'{"id": "evt_x"}',
         b"\xff\xfe",
         json.dumps(bad_event).encode(),
+        # Deep enough to overflow the decoder's stack if it ever saw it.
+        b'{"id": "evt_d", "data": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
     ):
         assert_problem(await deliver(card_service, malformed), 400, "webhook_payload_invalid")
     assert await card_journal(card_service.dsn, account_id) == []

@@ -24,6 +24,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from msgspec import Meta
 
+from ledger.jsondepth import nests_deeper_than
 from ledger.queries import load_queries
 from verifier import paseto
 from verifier.errors import ScopeDenied, TokenExpired, TokenInvalid, TokenNotYetValid
@@ -179,6 +180,8 @@ def encode_footer(kid: str) -> bytes:
 
 def parse_footer(footer: bytes) -> str:
     """The `kid` in a credit token's footer."""
+    if nests_deeper_than(footer):
+        raise TokenInvalid('footer is not {"kid": "k4.pid…"}')
     try:
         return _footer_decoder.decode(footer).kid
     except (msgspec.MsgspecError, UnicodeDecodeError):
