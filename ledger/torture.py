@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from typing import Any, ClassVar
 import click
 import httpx
 
+from issuer.topups_card import MICROS_PER_CENT, payment_transfer_id, sign_test_webhook
 from ledger import core
 from ledger.config import DEFAULT_DATABASE_NAME
 from ledger.db import CONNECTION_ERRORS, connect
@@ -60,7 +62,8 @@ REQUEST_TIMEOUT_S = 15.0
 RETRY_DEADLINE_S = 180.0
 RETRY_BACKOFF_S = (0.05, 0.5)
 HOLD_EXPIRY_S = 2
-WALLET_FUNDS_MICROS = 50_000_000
+# One card top-up: 5 USD.
+TOPUP_CENTS = 500
 TOKEN_CAP_MICROS = 10_000_000_000
 AMOUNT_RANGE = (1, 20_000)
 RETRYABLE_STATUSES = frozenset({429, 503})
@@ -104,6 +107,7 @@ class World:
 
     url: str
     dsn: Callable[[], str]
+    webhook_secret: str
     merchant_key: str
     merchant_revenue_id: uuid.UUID
     wallets: list[Wallet]
@@ -131,18 +135,29 @@ class Client:
         self.http = httpx.AsyncClient(base_url=world.url, timeout=REQUEST_TIMEOUT_S)
 
     async def request(
-        self, method: str, path: str, *, key: str, body: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str = "",
+        body: Any = None,
+        content: bytes | None = None,
+        headers: Callable[[], dict[str, str]] | None = None,
     ) -> httpx.Response:
+        """`headers`, when given, are made afresh for every attempt (a signature
+        with the current time, as Stripe re-signs each delivery)."""
         deadline = time.monotonic() + RETRY_DEADLINE_S
-        headers = {"Authorization": f"Bearer {key}"}
         attempt = 0
         while time.monotonic() < deadline:
             if attempt:
                 self.world.counts["retries"] += 1
                 await asyncio.sleep(self.rng.uniform(*RETRY_BACKOFF_S))
             attempt += 1
+            sent = headers() if headers else {"Authorization": f"Bearer {key}"}
             try:
-                response = await self.http.request(method, path, json=body, headers=headers)
+                response = await self.http.request(
+                    method, path, json=body, content=content, headers=sent
+                )
             except httpx.TransportError:
                 continue
             if response.status_code in RETRYABLE_STATUSES:
@@ -297,55 +312,69 @@ class Refund(Operation):
 
 
 class TopUp(Operation):
-    """Money in: an operator adjustment with a client-chosen transfer id (as
-    `ledger accounts adjust --id` does), retried until the journal answers."""
+    """Money in through the service, as Stripe sends it: a signed
+    `checkout.session.completed` event, redelivered unchanged (re-signed) until
+    the service answers; a third of the time followed by a second, distinct
+    event for the same payment, which must credit nothing more."""
 
     name = "top-up"
     weight = 1
 
     async def run(self, client: Client, wallet: Wallet) -> None:
-        transfer_id, amount = uuid.uuid4(), WALLET_FUNDS_MICROS // 10
-        deadline = time.monotonic() + RETRY_DEADLINE_S
-        while True:
-            try:
-                dsn = client.world.dsn()
-                outcome = await _adjust(dsn, wallet.account_id, amount, transfer_id)
-                break
-            except CONNECTION_ERRORS:
-                if time.monotonic() > deadline:
-                    raise Indeterminate("top-up: database unreachable") from None
-                client.world.counts["retries"] += 1
-                await asyncio.sleep(client.rng.uniform(*RETRY_BACKOFF_S))
-        if not outcome.ok:
-            raise Anomaly(f"top-up refused: {outcome}")
-        client.world.acks.append(
+        world, payment = client.world, f"pi_torture_{uuid.uuid4().hex}"
+        events = [_checkout_event(wallet, payment)]
+        if client.rng.random() < 1 / 3:
+            events.append(_checkout_event(wallet, payment))
+        outcomes = []
+        for event in events:
+            payload = json.dumps(event).encode()
+
+            def signed(payload: bytes = payload) -> dict[str, str]:
+                return {
+                    "Stripe-Signature": sign_test_webhook(payload, world.webhook_secret),
+                    "Content-Type": "application/json",
+                }
+
+            response = await client.request(
+                "POST", "/v1/webhooks/stripe", content=payload, headers=signed
+            )
+            outcomes.append(_expect(response, 200)["outcome"])
+        # A redelivery whose first attempt committed answers `duplicate_event`.
+        first, *later = outcomes
+        if first not in {"credited", "duplicate_event"} or not all(
+            outcome in {"already_credited", "duplicate_event"} for outcome in later
+        ):
+            raise Anomaly(f"top-up {payment}: outcomes {outcomes}")
+        world.acks.append(
             Ack(
                 self.name,
-                transfer_id,
-                "adjustment",
-                amount,
-                core.ADJUSTMENT_CLEARING_ID,
+                payment_transfer_id(payment),
+                "topup_card",
+                TOPUP_CENTS * MICROS_PER_CENT,
+                core.CARD_CLEARING_ID,
                 wallet.account_id,
             )
         )
 
 
-async def _adjust(
-    dsn: str, account_id: uuid.UUID, amount: int, transfer_id: uuid.UUID
-) -> core.TransferOutcome:
-    conn = await connect(dsn)
-    try:
-        return await core.create_transfer(
-            conn,
-            transfer_id=transfer_id,
-            debit_account_id=core.ADJUSTMENT_CLEARING_ID,
-            credit_account_id=account_id,
-            amount=amount,
-            code="adjustment",
-            metadata={"reason": "torture top-up"},
-        )
-    finally:
-        await conn.close()
+def _checkout_event(wallet: Wallet, payment: str) -> dict[str, Any]:
+    session = {
+        "id": f"cs_{payment}",
+        "object": "checkout.session",
+        "amount_total": TOPUP_CENTS,
+        "currency": "usd",
+        "payment_status": "paid",
+        "payment_intent": payment,
+        "client_reference_id": str(wallet.account_id),
+        "metadata": {"account_id": str(wallet.account_id)},
+    }
+    return {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": int(time.time()),
+        "data": {"object": session},
+    }
 
 
 OPERATIONS: tuple[type[Operation], ...] = (Charge, HoldCapture, HoldVoid, HoldExpire, Refund, TopUp)
@@ -360,10 +389,13 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.logfile = data_dir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # Top-ups arrive as Stripe webhooks signed with this run's own secret.
+        self.webhook_secret = "whsec_torture_" + secrets.token_hex(16)
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env["LEDGER_DATA_DIR"] = str(self.data_dir)
+        env["STRIPE_WEBHOOK_SECRET"] = self.webhook_secret
         command = [sys.executable, "-m", "ledger", "serve", "--port", str(self.port)]
         with self.logfile.open("ab") as out:
             # Its own session: a signal meant for the harness never reaches it.
@@ -432,6 +464,7 @@ async def _setup(service: ServiceProcess, config: TortureConfig, rng: random.Ran
     world = World(
         url=service.url,
         dsn=lambda: _dsn(config.data_dir),
+        webhook_secret=service.webhook_secret,
         merchant_key="",
         merchant_revenue_id=uuid.UUID(int=0),
         wallets=[],

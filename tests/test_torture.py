@@ -41,15 +41,24 @@ def torture_run(
 async def test_nothing_is_lost_under_kills_and_restarts(
     torture_run: tuple[TortureReport, World, Path],
 ) -> None:
-    report, _, _ = torture_run
+    report, world, _ = torture_run
     assert report.ok, report.summary()
     assert report.counts["kills"] >= 1, report.summary()
     assert report.counts["postgres_restarts"] == 1, report.summary()
     assert report.counts["retries"] >= 1, "no request was ever cut off: the faults missed"
     assert report.acknowledged > 0
+    # Top-ups came through the service as signed webhooks, credited once each.
+    assert sum(ack.code == "topup_card" for ack in world.acks) > len(world.wallets)
     assert (report.lost, report.unacknowledged, report.account_mismatches) == ([], [], [])
     ops = {k for k in report.counts if k.startswith("op ")}
-    expected = {"op charge", "op hold+capture", "op hold+void", "op hold+expire", "op refund"}
+    expected = {
+        "op charge",
+        "op hold+capture",
+        "op hold+void",
+        "op hold+expire",
+        "op refund",
+        "op top-up",
+    }
     assert expected <= ops, ops
     # Holds left alone were released by the service itself, across restarts.
     assert report.holds.get("expired", 0) >= 1, report.holds
