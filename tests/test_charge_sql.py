@@ -9,9 +9,10 @@ from collections import Counter
 import asyncpg
 import pytest
 
+from ledger.db import connect
 from tests.charge_fixtures import charge_request, new_merchant, new_token, wallet_with_token
 from tests.helpers import assert_invariants, balance, new_wallet
-from verifier.batcher import ChargeBatcher
+from verifier.batcher import ChargeBatcher, run_batch
 
 
 @pytest.fixture
@@ -213,3 +214,38 @@ async def test_hold_capture_void_refund_and_expiry(
         assert expired["outcome"] == "created"
         assert await conn.fetchval("SELECT held_micros FROM credit_tokens WHERE jti = $1", jti) == 0
         await assert_invariants(conn)
+
+
+async def test_a_long_lived_session_keeps_probing_the_idempotency_index(dsn: str) -> None:
+    # The batcher keeps its connections for the life of the process. Plans that a
+    # session made while `charges` was empty must not stay in use once the
+    # merchant has thousands of charges: the idempotency lookup has to stay a
+    # probe of the unique (merchant, key) index, never a walk of the merchant's
+    # charges (which made every batch slower than the one before).
+    conn = await connect(dsn)
+    try:
+        merchant = await new_merchant(conn)
+        wallet, jti = await wallet_with_token(conn, funds=10_000_000, cap=10_000_000)
+        for _ in range(8):  # past the point where PostgreSQL settles on a generic plan
+            await run_batch(conn, [charge_request(merchant, jti, 1)])
+        for _ in range(10):
+            await run_batch(conn, [charge_request(merchant, jti, 1) for _ in range(250)])
+        plans: list[str] = []
+        conn.add_log_listener(lambda _conn, message: plans.append(str(message)))
+        await conn.execute("LOAD 'auto_explain'")
+        for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+            await conn.execute(f"SET auto_explain.{setting}")
+        await run_batch(conn, [charge_request(merchant, jti, 1)])
+    finally:
+        await conn.close()
+    lookups = [plan for plan in plans if "JOIN charges c" in plan]
+    assert lookups, plans
+    for plan in lookups:
+        assert "charges_idempotency_key" in plan, plan
+        assert "charges_merchant" not in plan, plan
+    conn = await connect(dsn)
+    try:
+        assert await balance(conn, wallet) == 10_000_000 - 8 - 2_500 - 1
+        await assert_invariants(conn)
+    finally:
+        await conn.close()
