@@ -309,6 +309,43 @@ async def test_credit_token_in_meta_and_agent_idempotency_key(world: World) -> N
     await assert_invariants(world.service.dsn)
 
 
+async def test_reusing_an_agent_key_never_buys_a_second_call(world: World) -> None:
+    """An agent's idempotency key covers one call: a different call under the same
+    key is charged anew, and a call already refunded or settled is not run again."""
+    token = await world.mint()
+    await world.top_up(100)
+    start = await world.balance()
+    meta = {CREDIT_TOKEN_META_KEY: token, IDEMPOTENCY_META_KEY: "reused"}
+    async with Client(world.mcp_url) as tools:
+        a = await tools.call_tool("search", {"query": "a"}, meta=meta)  # type: ignore[arg-type]
+        b = await tools.call_tool("search", {"query": "b"}, meta=meta)  # type: ignore[arg-type]
+        assert text_of(a) == "results for a" and text_of(b) == "results for b"
+        assert a.meta is not None and b.meta is not None
+        assert a.meta[RECEIPT_META_KEY] != b.meta[RECEIPT_META_KEY]
+        assert await world.balance() == start - 2 * SEARCH_PRICE
+
+        # A failed call is refunded; its key cannot then run the tool for free.
+        failed = await tools.call_tool("flaky", {}, meta=meta)  # type: ignore[arg-type]
+        again = await tools.call_tool("flaky", {}, meta=meta)  # type: ignore[arg-type]
+        assert failed.is_error and again.is_error
+        assert isinstance(again.structured_content, dict)
+        assert again.structured_content["code"] == "idempotency_conflict"
+        assert "refunded" in again.structured_content["detail"]
+        assert await world.balance() == start - 2 * SEARCH_PRICE
+
+        # A metered call already captured is not run (nor given away) a second time.
+        args = {"text": "one two three", "cost_micros": 700}
+        done = await tools.call_tool("summarize", args, meta=meta)  # type: ignore[arg-type]
+        replay = await tools.call_tool("summarize", args, meta=meta)  # type: ignore[arg-type]
+    assert not done.is_error and done.structured_content == {"words": 3}
+    assert replay.is_error
+    assert isinstance(replay.structured_content, dict)
+    assert replay.structured_content["code"] == "idempotency_conflict"
+    assert "captured" in replay.structured_content["detail"]
+    assert await world.balance() == start - 2 * SEARCH_PRICE - 700
+    await assert_invariants(world.service.dsn)
+
+
 async def test_a_forged_credit_token_never_reaches_the_ledger(world: World) -> None:
     token = await world.mint()
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")

@@ -19,8 +19,11 @@ cannot be put in the wrong order).
 Per call:
 - the credit token comes from `Authorization: Bearer v4.public…` (streamable
   HTTP) or, for transports without headers, `params._meta[CREDIT_TOKEN_META_KEY]`;
-- an agent may send `params._meta[IDEMPOTENCY_META_KEY]`: a retried call with
-  the same value is charged once;
+- an agent may send `params._meta[IDEMPOTENCY_META_KEY]`: a retry of the same
+  call (same tool and arguments) with the same value is charged once; the same
+  value on a different call is a new charge; a retry of a call that failed and
+  was refunded, or whose hold is already settled, is refused with
+  `idempotency_conflict` (the body does not run again for free);
 - refused calls (no credit token, invalid, out of scope, budget exhausted, …)
   are tool errors (`isError: true`) whose `structuredContent` is the ledger's
   problem object (the same fields as its HTTP answer), and the body never runs;
@@ -37,6 +40,7 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
@@ -50,7 +54,7 @@ from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata, func_meta
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
-from ledger.errors import ServiceUnavailable
+from ledger.errors import IdempotencyConflict, ServiceUnavailable
 from verifier import errors as server_errors
 from verifier.sdk import (
     CREDIT_TOKEN_META_KEY,
@@ -144,14 +148,23 @@ def credit_token_from(ctx: Context[Any, Any]) -> str | None:
     return from_meta if isinstance(from_meta, str) and from_meta else None
 
 
-def _idempotency_key(ctx: Context[Any, Any], credit_token: str, tool: str) -> str | None:
-    """The ledger key for an agent-chosen one: scoped to the credit token and tool, so
-    keys chosen by different agents never meet. None: every call is a new charge."""
+def _idempotency_key(
+    ctx: Context[Any, Any], credit_token: str, tool: str, arguments: Mapping[str, Any]
+) -> str | None:
+    """The ledger key for an agent-chosen one: scoped to the credit token, the tool and
+    the call's arguments, so keys chosen by different agents never meet and reusing a
+    key for a different call is a new charge (never a free replay of the first one).
+    None: every call is a new charge."""
     agent_key = _meta(ctx).get(IDEMPOTENCY_META_KEY)
     if not isinstance(agent_key, str) or not 1 <= len(agent_key) <= AGENT_KEY_LENGTH_MAX:
         return None
-    digest = hashlib.sha256(f"{credit_token}\0{tool}\0{agent_key}".encode()).hexdigest()
+    call = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=repr)
+    digest = hashlib.sha256(f"{credit_token}\0{tool}\0{agent_key}\0{call}".encode()).hexdigest()
     return f"mcp:{digest[:48]}"
+
+
+def _key_spent(detail: str) -> CallToolResult:
+    return refusal_result(IdempotencyConflict(detail).problem())
 
 
 def _tool_name(ctx: Context[Any, Any], pricing: Pricing) -> str:
@@ -343,8 +356,18 @@ class Paywall:
                 credit_token,
                 pricing.price_micros,
                 tool=name,
-                idempotency_key=_idempotency_key(ctx, credit_token, name),
+                idempotency_key=_idempotency_key(ctx, credit_token, name, kwargs),
             )
+            # A replay whose call failed and was refunded: running the body again
+            # would give the result away. The agent retries with a new key.
+            if (
+                charge.replayed
+                and (await self.ledger.get_charge(charge.charge_id))["refunded_micros"]
+            ):
+                return _key_spent(
+                    "this idempotency key belongs to a call that failed and was refunded; "
+                    "retry with a new key"
+                )
         except LedgerClientError as exc:
             return _unavailable(exc)
         try:
@@ -389,11 +412,18 @@ class Paywall:
                 credit_token,
                 pricing.max_price_micros,
                 tool=name,
-                idempotency_key=_idempotency_key(ctx, credit_token, name),
+                idempotency_key=_idempotency_key(ctx, credit_token, name, kwargs),
                 expires_in_s=self.hold_expires_in_s,
             )
         except LedgerClientError as exc:
             return _unavailable(exc)
+        if hold.status != "pending":
+            # A replay of a call already settled (captured, voided or expired): running
+            # the body again could not be paid for. The agent retries with a new key.
+            return _key_spent(
+                f"this idempotency key belongs to a call already settled ({hold.status}); "
+                "retry with a new key"
+            )
         try:
             metered = await tool.run(kwargs)
             if not isinstance(metered, Metered):

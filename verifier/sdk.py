@@ -501,6 +501,13 @@ class MerchantClient:
             replayed=status == 200,
         )
 
+    async def get_charge(self, charge_id: str) -> dict[str, Any]:
+        """One of this merchant's charges as the ledger holds it now (`refunded_micros`, …)."""
+        response = await send_with_retries(
+            self._http, "GET", f"/v1/charges/{charge_id}", json=None, headers=self._auth
+        )
+        return self._decode(response, (200,))
+
     async def authorize(
         self,
         credit_token: str,
