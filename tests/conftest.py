@@ -21,11 +21,11 @@ import pytest
 import uvicorn
 
 from ledger.app import create_app
-from ledger.auth import ensure_operator_key
 from ledger.config import Settings
-from ledger.db import connect, create_pool
+from ledger.db import create_pool
 from ledger.embedded import EmbeddedPostgres, free_port
 from ledger.migrate import apply_migrations
+from tests.helpers import operator_key_for
 
 TEMPLATE_DB = "ledger_template"
 
@@ -158,12 +158,7 @@ def service_settings(dsn: str, port: int, **overrides: object) -> Settings:
 
 @pytest.fixture
 async def service(dsn: str) -> AsyncIterator[Service]:
-    conn = await connect(dsn)
-    try:
-        operator_key = await ensure_operator_key(conn)
-    finally:
-        await conn.close()
-    assert operator_key is not None
+    operator_key = await operator_key_for(dsn)
     port = free_port()
     server = ServerThread(service_settings(dsn, port))
     server.start()
@@ -178,10 +173,5 @@ async def service(dsn: str) -> AsyncIterator[Service]:
 @pytest.fixture
 async def service_dsn_and_key(dsn: str) -> tuple[str, str]:
     """A migrated database with its first operator key."""
-    conn = await connect(dsn)
-    try:
-        key = await ensure_operator_key(conn)
-    finally:
-        await conn.close()
-    assert key is not None
+    key = await operator_key_for(dsn)
     return dsn, key

@@ -245,6 +245,17 @@ def _json_integers(value: Any) -> Any:
     return value
 
 
+def _call_and_check(case: Any, live: Live, headers: dict[str, str], excluded: list[Any]) -> Any:
+    response = case.call(base_url=live.url, headers=headers)
+    case.validate_response(
+        response,
+        headers=headers,
+        additional_checks=[refusals_are_problems],
+        excluded_checks=excluded,
+    )
+    return response
+
+
 def _call_with_real_values(
     case: Any, live: Live, headers: dict[str, str], excluded: list[Any]
 ) -> None:
@@ -259,13 +270,7 @@ def _call_with_real_values(
             case.path_parameters.update({k: v for k, v in real.items() if k in path_before})
         if isinstance(body_before, dict) and "credit_token" in body_before:
             case.body = {**body_before, "credit_token": real["credit_token"]}
-        response = case.call(base_url=live.url, headers=headers)
-        case.validate_response(
-            response,
-            headers=headers,
-            additional_checks=[refusals_are_problems],
-            excluded_checks=excluded,
-        )
+        _call_and_check(case, live, headers, excluded)
     finally:
         if case.path_parameters:
             case.path_parameters.clear()
@@ -280,13 +285,7 @@ def _fuzz(case: Any, live: Live) -> None:
     if case.operation.label in CROSS_FIELD_RULES:
         excluded.append(schemathesis_checks.positive_data_acceptance)
     for name, headers in live.credentials.items():
-        response = case.call(base_url=live.url, headers=headers)
-        case.validate_response(
-            response,
-            headers=headers,
-            additional_checks=[refusals_are_problems],
-            excluded_checks=excluded,
-        )
+        response = _call_and_check(case, live, headers, excluded)
         if case.meta.generation.mode.is_positive:
             # The same request aimed at real resources, so success paths are fuzzed too.
             _call_with_real_values(case, live, headers, excluded)

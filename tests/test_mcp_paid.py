@@ -19,11 +19,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
 
-from ledger.auth import ensure_operator_key
-from ledger.db import connect
 from ledger.embedded import free_port
 from tests.conftest import ServerThread, Service, service_settings
-from tests.helpers import AsgiThread, assert_invariants, assert_no_secrets_logged
+from tests.helpers import AsgiThread, assert_invariants, assert_no_secrets_logged, operator_key_for
 from tests.test_charges_api import Market, new_market
 from tests.test_topups_card import WEBHOOK_SECRET, deliver, session_event
 from verifier.agent import AgentClient, budget_exhausted, receipt_of, signed_receipt_of
@@ -115,12 +113,7 @@ class World:
 @pytest.fixture
 async def card_ledger(dsn: str) -> AsyncIterator[Service]:
     """The ledger service, taking signed card webhooks."""
-    conn = await connect(dsn)
-    try:
-        operator_key = await ensure_operator_key(conn)
-    finally:
-        await conn.close()
-    assert operator_key is not None
+    operator_key = await operator_key_for(dsn)
     port = free_port()
     server = ServerThread(service_settings(dsn, port, stripe_webhook_secret=WEBHOOK_SECRET))
     server.start()

@@ -18,11 +18,10 @@ import pytest
 
 from issuer.topups_card import sign_test_webhook
 from ledger import core
-from ledger.auth import ensure_operator_key
 from ledger.db import connect
 from ledger.embedded import free_port
 from tests.conftest import ServerThread, Service, service_settings
-from tests.helpers import assert_invariants, balance
+from tests.helpers import assert_invariants, balance, operator_key_for
 from tests.test_api_accounts import assert_problem
 
 WEBHOOK_SECRET = "whsec_test_" + "s" * 32
@@ -90,12 +89,7 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 @pytest.fixture
 async def card_service(dsn: str, fake_stripe: FakeStripe) -> AsyncIterator[Service]:
-    conn = await connect(dsn)
-    try:
-        operator_key = await ensure_operator_key(conn)
-    finally:
-        await conn.close()
-    assert operator_key is not None
+    operator_key = await operator_key_for(dsn)
     port = free_port()
     settings = service_settings(
         dsn,
