@@ -165,15 +165,20 @@ def _complete(operation: Operation) -> None:
     operation.responses = dict(sorted(responses.items()))
 
 
-def document_problems(document: OpenAPI) -> OpenAPI:
-    """Complete every operation's error responses in place (see the module docstring)."""
-    schemas = document.components.schemas if document.components else None
-    assert schemas and PROBLEM_SCHEMA_NAME in schemas, "no handler uses problem_responses()"
+def _operations(document: OpenAPI) -> Iterator[Operation]:
     for path_item in (document.paths or {}).values():
         for method in ("get", "put", "post", "delete", "options", "head", "patch", "trace"):
             operation = getattr(path_item, method, None)
             if operation is not None:
-                _complete(operation)
+                yield operation
+
+
+def document_problems(document: OpenAPI) -> OpenAPI:
+    """Complete every operation's error responses in place (see the module docstring)."""
+    schemas = document.components.schemas if document.components else None
+    assert schemas and PROBLEM_SCHEMA_NAME in schemas, "no handler uses problem_responses()"
+    for operation in _operations(document):
+        _complete(operation)
     return document
 
 
@@ -224,6 +229,16 @@ def _alternatives(schema: Schema) -> list[Any]:
     return [*(schema.one_of or []), *(schema.any_of or [])]
 
 
+def _children(schema: Schema) -> list[Any]:
+    """The schemas nested directly in `schema` (properties, alternatives, items, values)."""
+    return [
+        *(schema.properties or {}).values(),
+        *_alternatives(schema),
+        schema.items,
+        schema.additional_properties,
+    ]
+
+
 def _merge_constraints(schema: Any, spec: Any) -> None:
     """Copy the decoder's constraints (`spec`, JSON Schema from msgspec) that the
     generated `schema` lacks, recursively."""
@@ -255,9 +270,7 @@ def _no_nul(schema: Any) -> None:
         schema.pattern = limits.TEXT_PATTERN
     if isinstance(schema.property_names, Schema) and schema.property_names.pattern is None:
         schema.property_names.pattern = limits.TEXT_PATTERN
-    children = [*(schema.properties or {}).values(), *_alternatives(schema)]
-    children += [schema.items, schema.additional_properties]
-    for child in children:
+    for child in _children(schema):
         _no_nul(child)
 
 
@@ -286,21 +299,16 @@ def _exact_integer_bounds(schema: Any) -> None:
             value = getattr(schema, name)
             if isinstance(value, float) and value.is_integer():
                 setattr(schema, name, int(value))
-    children = [*(schema.properties or {}).values(), *(schema.one_of or []), *(schema.any_of or [])]
-    if isinstance(schema.items, Schema):
-        children.append(schema.items)
-    for child in children:
+    for child in _children(schema):
         _exact_integer_bounds(child)
 
 
 def document_exact_integer_bounds(document: OpenAPI) -> None:
     for schema in (document.components.schemas or {}).values() if document.components else ():
         _exact_integer_bounds(schema)
-    for path_item in (document.paths or {}).values():
-        for method in ("get", "put", "post", "delete", "patch"):
-            operation = getattr(path_item, method, None)
-            for parameter in (operation.parameters or []) if operation else []:
-                _exact_integer_bounds(getattr(parameter, "schema", None))
+    for operation in _operations(document):
+        for parameter in operation.parameters or ():
+            _exact_integer_bounds(getattr(parameter, "schema", None))
 
 
 def complete_openapi(app: Litestar) -> None:

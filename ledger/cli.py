@@ -341,17 +341,10 @@ def bench(clients: int, duration: float, workers: int, as_json: bool) -> None:
 
 def _register_features() -> None:
     from issuer.usdc_cli import usdc_group
-
-    main.add_command(usdc_group)
-
-
-_register_features()
-
-
-def _register_reliability_commands() -> None:
     from ledger.torture import torture_command
 
+    main.add_command(usdc_group)
     main.add_command(torture_command)
 
 
-_register_reliability_commands()
+_register_features()

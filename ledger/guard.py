@@ -120,8 +120,6 @@ class LedgerRequest(Request[Any, Any, Any]):
         refuse_deep_json(await self.body())
         try:
             value = await super().json()
-        except RecursionError:
-            raise ValidationFailed(DEEP_JSON) from None
         except UnicodeDecodeError:
             raise ValidationFailed("the request body is not valid UTF-8") from None
         # Raw JSON can carry NUL only escaped; look closer only when it might.

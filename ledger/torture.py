@@ -46,6 +46,7 @@ import httpx
 
 from issuer.topups_card import MICROS_PER_CENT, payment_transfer_id, sign_test_webhook
 from ledger import core
+from ledger.child import wait_healthy
 from ledger.config import DEFAULT_DATABASE_NAME
 from ledger.db import CONNECTION_ERRORS, connect
 from ledger.embedded import EmbeddedPostgres, free_port
@@ -402,21 +403,9 @@ class ServiceProcess:
             self.proc = subprocess.Popen(
                 command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self._wait_healthy()
-
-    def _wait_healthy(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"ledger serve exited {self.proc.returncode}; see {self.logfile}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"ledger serve did not become healthy; see {self.logfile}")
+        wait_healthy(
+            self.proc, self.url, timeout_s=START_TIMEOUT_S, why_exited=lambda: f"see {self.logfile}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no cleanup, requests cut off wherever they are."""

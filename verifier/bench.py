@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import psutil
 
 from ledger import core
 from ledger.auth import ensure_operator_key
+from ledger.child import wait_healthy
 from ledger.db import connect
 from ledger.embedded import PG_BIN, EmbeddedPostgres, free_port
 from ledger.runtime import prepare_database
@@ -47,6 +47,7 @@ FIXED_RATE_FRACTION = 0.5
 WALLET_FUNDS_MICROS = 10**11
 TOKEN_CAP_MICROS = 10**11
 CHARGE_MICROS = 1
+SERVICE_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -100,31 +101,35 @@ def _service(dsn: str, port: int, workers: int) -> Iterator[subprocess.Popen[byt
         "LEDGER_PORT": str(port),
         "LEDGER_WORKERS": str(workers),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"service exited: {err[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("service did not become healthy")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    # The service's log goes to a file, not a pipe nobody drains: a pipe fills
+    # at 64 KiB and would stall the service mid-benchmark.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+        def why_exited() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-2000:]
+
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            wait_healthy(
+                proc,
+                f"http://127.0.0.1:{port}",
+                timeout_s=SERVICE_START_TIMEOUT_S,
+                why_exited=why_exited,
+            )
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 async def _setup(dsn: str, url: str, clients: int) -> dict[str, Any]:
