@@ -22,7 +22,7 @@ import uvicorn
 
 from ledger.app import create_app
 from ledger.config import Settings
-from ledger.db import create_pool
+from ledger.db import Conn, create_pool
 from ledger.embedded import EmbeddedPostgres, free_port
 from ledger.migrate import apply_migrations
 from tests.helpers import operator_key_for
@@ -96,7 +96,7 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def conn(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     async with pool.acquire() as c:
         yield c
 

@@ -8,7 +8,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import uvicorn
 
 from ledger import core
@@ -16,11 +15,11 @@ from ledger.app import create_app
 from ledger.audit import run_audit
 from ledger.auth import ensure_operator_key
 from ledger.config import Settings
-from ledger.db import connect
+from ledger.db import Conn, connect
 from ledger.guard import server_options
 
 
-async def assert_invariants(conn_or_dsn: asyncpg.Connection | str) -> None:
+async def assert_invariants(conn_or_dsn: Conn | str) -> None:
     """All four ledger invariants hold; fail naming the violations otherwise."""
     if isinstance(conn_or_dsn, str):
         conn = await connect(conn_or_dsn)
@@ -33,14 +32,14 @@ async def assert_invariants(conn_or_dsn: asyncpg.Connection | str) -> None:
     assert report.ok, report.violations
 
 
-async def new_wallet(conn: asyncpg.Connection, name: str = "wallet", funds: int = 0) -> uuid.UUID:
+async def new_wallet(conn: Conn, name: str = "wallet", funds: int = 0) -> uuid.UUID:
     account = await core.create_account(conn, kind=core.AccountKind.customer_wallet, name=name)
     if funds:
         await fund(conn, account.id, funds)
     return account.id
 
 
-async def fund(conn: asyncpg.Connection, account_id: uuid.UUID, amount: int) -> None:
+async def fund(conn: Conn, account_id: uuid.UUID, amount: int) -> None:
     outcome = await core.create_transfer(
         conn,
         transfer_id=uuid.uuid4(),
@@ -52,7 +51,7 @@ async def fund(conn: asyncpg.Connection, account_id: uuid.UUID, amount: int) -> 
     assert outcome is core.TransferOutcome.created, outcome
 
 
-async def balance(conn: asyncpg.Connection, account_id: uuid.UUID) -> int:
+async def balance(conn: Conn, account_id: uuid.UUID) -> int:
     account = await core.get_account(conn, account_id)
     assert account is not None
     return account.balance

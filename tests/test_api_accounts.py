@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
+
+import httpx
 
 from ledger.db import connect
 from tests.conftest import Service
 from tests.helpers import assert_invariants, fund
 
 
-def assert_problem(response: object, status: int, code: str) -> dict[str, object]:
-    import httpx
-
-    assert isinstance(response, httpx.Response)
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["code"] == code
     assert body["status"] == status
     assert isinstance(body["title"], str) and body["title"]
     assert isinstance(body["detail"], str) and body["detail"]
     assert body["type"].endswith("/" + code)
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 async def test_health_checks_the_database(service: Service) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -16,10 +17,10 @@ from verifier.batcher import ChargeBatcher, run_batch
 
 
 @pytest.fixture
-async def batcher(pool: asyncpg.Pool) -> ChargeBatcher:
+async def batcher(pool: asyncpg.Pool) -> AsyncIterator[ChargeBatcher]:
     b = ChargeBatcher(pool)
     b.start()
-    yield b  # type: ignore[misc]
+    yield b
     await b.stop()
 
 
@@ -180,7 +181,7 @@ async def test_hold_capture_void_refund_and_expiry(
         token = await conn.fetchrow(
             "SELECT spent_micros, held_micros FROM credit_tokens WHERE jti = $1", jti
         )
-        assert tuple(token) == (120, 0)
+        assert token is not None and tuple(token) == (120, 0)
 
         refund = (uuid.uuid4(), charge_id, merchant[0], "r1", b"h", 100, uuid.uuid4(), "k", None)
         first = await conn.fetchval(

@@ -34,7 +34,7 @@ class Market:
         return self.service.auth(self.merchant_key)
 
     async def mint(self, **scope: Any) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "cap_micros": 1_000,
             "max_per_call_micros": 1_000,
             "audiences": [self.merchant_id],

@@ -10,10 +10,11 @@ import pytest
 
 from ledger import core
 from ledger.core import TransferOutcome as O
+from ledger.db import Conn
 from tests.helpers import assert_invariants, balance, fund, new_wallet
 
 
-async def test_transfer_moves_money_and_journal_matches(conn: asyncpg.Connection) -> None:
+async def test_transfer_moves_money_and_journal_matches(conn: Conn) -> None:
     alice = await new_wallet(conn, "alice", funds=1_000)
     bob = await new_wallet(conn, "bob")
     tid = uuid.uuid4()
@@ -34,7 +35,7 @@ async def test_transfer_moves_money_and_journal_matches(conn: asyncpg.Connection
     await assert_invariants(conn)
 
 
-async def test_same_id_is_exists_and_moves_nothing_twice(conn: asyncpg.Connection) -> None:
+async def test_same_id_is_exists_and_moves_nothing_twice(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=1_000)
     bob = await new_wallet(conn)
     tid = uuid.uuid4()
@@ -47,7 +48,7 @@ async def test_same_id_is_exists_and_moves_nothing_twice(conn: asyncpg.Connectio
     await assert_invariants(conn)
 
 
-async def test_refusals_in_precedence_order_write_nothing(conn: asyncpg.Connection) -> None:
+async def test_refusals_in_precedence_order_write_nothing(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=50)
     bob = await new_wallet(conn)
     missing = uuid.uuid4()
@@ -67,7 +68,7 @@ async def test_refusals_in_precedence_order_write_nothing(conn: asyncpg.Connecti
     await assert_invariants(conn)
 
 
-async def test_clearing_accounts_may_go_negative_wallets_may_not(conn: asyncpg.Connection) -> None:
+async def test_clearing_accounts_may_go_negative_wallets_may_not(conn: Conn) -> None:
     wallet = await new_wallet(conn)
     await fund(conn, wallet, 10)
     clearing = await core.get_account(conn, core.ADJUSTMENT_CLEARING_ID)
@@ -78,7 +79,7 @@ async def test_clearing_accounts_may_go_negative_wallets_may_not(conn: asyncpg.C
     assert info.value.constraint_name == "accounts_debits_exceed_credits"
 
 
-async def test_hold_post_partial_releases_rest(conn: asyncpg.Connection) -> None:
+async def test_hold_post_partial_releases_rest(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=1_000)
     shop = await new_wallet(conn)
     hold = uuid.uuid4()
@@ -108,7 +109,7 @@ async def test_hold_post_partial_releases_rest(conn: asyncpg.Connection) -> None
     await assert_invariants(conn)
 
 
-async def test_post_more_than_held_is_refused(conn: asyncpg.Connection) -> None:
+async def test_post_more_than_held_is_refused(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=1_000)
     shop = await new_wallet(conn)
     hold = uuid.uuid4()
@@ -133,7 +134,7 @@ async def test_post_more_than_held_is_refused(conn: asyncpg.Connection) -> None:
     await assert_invariants(conn)
 
 
-async def test_holds_count_against_available_balance(conn: asyncpg.Connection) -> None:
+async def test_holds_count_against_available_balance(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=100)
     shop = await new_wallet(conn)
     hold = await core.create_transfer(
@@ -148,7 +149,7 @@ async def test_holds_count_against_available_balance(conn: asyncpg.Connection) -
     assert spend is O.exceeds_credits
 
 
-async def test_journal_is_immutable(conn: asyncpg.Connection) -> None:
+async def test_journal_is_immutable(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=100)
     with pytest.raises(asyncpg.RestrictViolationError):
         await conn.execute("UPDATE transfers SET amount = 1 WHERE credit_account_id = $1", alice)

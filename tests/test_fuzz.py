@@ -93,7 +93,7 @@ class Live:
 
 def _real_resources(
     url: str, operator: dict[str, str], dsn: str
-) -> tuple[dict[str, str], dict[str, Any]]:
+) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
     """An owner, a funded wallet, a merchant, a credit token, a charge and a hold:
     real ids and credentials for generated requests to reach past the lookups."""
     created = httpx.post(f"{url}/v1/accounts", json={"name": "fuzz"}, headers=operator).json()

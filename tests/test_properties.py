@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ledger import core
 from ledger.core import TransferOutcome as O
+from ledger.db import Conn
 from tests.helpers import assert_invariants
 
 N_WALLETS = 4
@@ -28,7 +29,7 @@ operation = st.one_of(
 )
 
 
-async def _snapshot(conn: asyncpg.Connection) -> list[Any]:
+async def _snapshot(conn: Conn) -> list[Any]:
     rows = await conn.fetch(
         "SELECT id, debits_posted, credits_posted, debits_pending, credits_pending"
         " FROM accounts ORDER BY id"
@@ -54,7 +55,7 @@ async def test_random_operations_keep_invariants(
             await tx.rollback()
 
 
-async def _run(conn: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> None:
+async def _run(conn: Conn, ops: list[tuple[Any, ...]]) -> None:
     wallets = [
         (await core.create_account(conn, kind=core.AccountKind.customer_wallet, name=f"w{i}")).id
         for i in range(N_WALLETS)
@@ -74,7 +75,7 @@ async def _run(conn: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> None:
                 transfer_id=tid, debit_account_id=account(op[1]), credit_account_id=account(op[2]),
                 amount=op[3], code="prop", pending=kind == "hold",
             )  # fmt: skip
-            outcome = await core.create_transfer(conn, **args)  # type: ignore[arg-type]
+            outcome = await core.create_transfer(conn, **args)
             if kind == "hold" and outcome is O.created:
                 holds.append(tid)
             done.append(("create", args))
@@ -84,11 +85,11 @@ async def _run(conn: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> None:
                 pargs = dict(
                     transfer_id=uuid.uuid4(), pending_id=pending_id, amount=op[2], code="prop"
                 )
-                outcome = await core.post_pending(conn, **pargs)  # type: ignore[arg-type]
+                outcome = await core.post_pending(conn, **pargs)
                 done.append(("post", pargs))
             else:
                 vargs = dict(transfer_id=uuid.uuid4(), pending_id=pending_id, code="prop")
-                outcome = await core.void_pending(conn, **vargs)  # type: ignore[arg-type]
+                outcome = await core.void_pending(conn, **vargs)
                 done.append(("void", vargs))
         elif kind == "replay" and done:
             what, args = done[op[1] % len(done)]

@@ -69,6 +69,7 @@ def test_pyseto_verifies_our_credit_tokens_and_we_verify_its() -> None:
     token = _mint(signer, claims)
     public = pyseto.Key.from_paserk(paseto.paserk_public(signer.public_key))
     decoded = pyseto.decode(public, token, deserializer=json)
+    assert isinstance(decoded.payload, dict) and isinstance(decoded.footer, dict)
     assert decoded.payload["jti"] == str(claims.jti)
     assert decoded.footer["kid"] == signer.kid == public.to_paserk_id()
 

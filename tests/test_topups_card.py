@@ -425,7 +425,7 @@ async def test_dispute_with_empty_wallet_is_all_shortfall(card_service: Service)
         row = await conn.fetchrow(
             "SELECT recovered_micros, shortfall_micros FROM card_payments WHERE payment_id = 'pi_d'"
         )
-        assert tuple(row) == (0, 5_000_000)
+        assert row is not None and tuple(row) == (0, 5_000_000)
     finally:
         await conn.close()
     await assert_invariants(card_service.dsn)

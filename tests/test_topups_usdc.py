@@ -23,7 +23,7 @@ from issuer.usdc_watcher import queries as usdc_queries
 from ledger import core
 from ledger.auth import ensure_operator_key
 from ledger.config import Settings
-from ledger.db import connect
+from ledger.db import Conn, connect
 from ledger.embedded import free_port
 from tests.conftest import ServerThread, Service, service_settings
 from tests.evm import CHAIN_ID, Anvil
@@ -94,7 +94,7 @@ async def link(pool: asyncpg.Pool, account_id: uuid.UUID, address: str) -> None:
     )
 
 
-async def journal(conn: asyncpg.Connection, account_id: uuid.UUID) -> list[tuple[str, int, str]]:
+async def journal(conn: Conn, account_id: uuid.UUID) -> list[tuple[str, int, str]]:
     transfers = await core.list_account_transfers(conn, account_id, after_seq=0, limit=100)
     return [(t.code, t.amount, str(t.debit_account_id)) for t in transfers]
 
@@ -239,7 +239,7 @@ async def test_siwe_expired_and_malformed(service: Service) -> None:
 
 
 async def test_linked_deposit_credited_after_confirmations_only(
-    pool: asyncpg.Pool, conn: asyncpg.Connection, chain: Chain
+    pool: asyncpg.Pool, conn: Conn, chain: Chain
 ) -> None:
     settings = chain.settings("unused")
     account = await core.create_account(conn, kind=core.AccountKind.customer_wallet, name="alice")
@@ -343,7 +343,7 @@ async def test_unlinked_sender_is_unattributed_until_operator_assigns(
 
 
 async def test_reorg_below_depth_credits_nothing(
-    pool: asyncpg.Pool, conn: asyncpg.Connection, chain: Chain
+    pool: asyncpg.Pool, conn: Conn, chain: Chain
 ) -> None:
     settings = chain.settings("unused")
     account = await core.create_account(conn, kind=core.AccountKind.customer_wallet, name="alice")
@@ -372,7 +372,7 @@ async def test_reorg_below_depth_credits_nothing(
 
 
 async def test_reorg_deeper_than_confirmations_is_reported(
-    pool: asyncpg.Pool, conn: asyncpg.Connection, chain: Chain
+    pool: asyncpg.Pool, conn: Conn, chain: Chain
 ) -> None:
     settings = chain.settings("unused")
     account = await core.create_account(conn, kind=core.AccountKind.customer_wallet, name="alice")
@@ -409,7 +409,7 @@ async def test_reorg_deeper_than_confirmations_is_reported(
 
 
 async def test_restart_mid_stream_misses_and_repeats_nothing(
-    pool: asyncpg.Pool, conn: asyncpg.Connection, chain: Chain
+    pool: asyncpg.Pool, conn: Conn, chain: Chain
 ) -> None:
     account = await core.create_account(conn, kind=core.AccountKind.customer_wallet, name="alice")
     holder = chain.anvil.new_holder(chain.token, 100_000_000)
