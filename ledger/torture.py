@@ -30,9 +30,11 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -719,8 +721,9 @@ def main_json(report: TortureReport) -> str:
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
-    required=True,
-    help="A fresh folder for this run.",
+    default=None,
+    help="A fresh folder for this run [default: a new temporary folder, removed after a "
+    "passing run and kept after a failing one].",
 )
 @click.option(
     "--duration", "duration_s", type=click.FloatRange(1, 24 * 3600), default=60.0, show_default=True
@@ -738,7 +741,7 @@ def main_json(report: TortureReport) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def torture_command(
-    data_dir: Path,
+    data_dir: Path | None,
     duration_s: float,
     clients: int,
     wallets: int,
@@ -748,10 +751,14 @@ def torture_command(
     as_json: bool,
 ) -> None:
     """Fault test: kill the service and PostgreSQL under load; nothing may be lost."""
-    if (data_dir / "pgdata").exists():
+    temporary = data_dir is None
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="ledger-torture-"))
+    elif (data_dir / "pgdata").exists():
         raise click.BadParameter(
             "use a fresh folder (the checks count every transfer)", param_hint="--data-dir"
         )
+    click.echo(f"data folder: {data_dir}", err=True)
     config = TortureConfig(
         data_dir=data_dir,
         duration_s=duration_s,
@@ -766,4 +773,7 @@ def torture_command(
     report, _ = asyncio.run(run_torture(config))
     click.echo(main_json(report) if as_json else report.summary())
     if not report.ok:
+        click.echo(f"data folder kept for inspection: {data_dir}", err=True)
         sys.exit(1)
+    if temporary:
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -8,6 +8,9 @@ And the checker itself can fail: a double debit or a lost receipt is reported.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -99,3 +102,35 @@ async def test_the_checks_catch_a_double_debit_and_a_lost_receipt(
     assert len(report.lost) == 1, report.summary()
     assert len(report.account_mismatches) == 2, report.summary()
     assert not report.audit_ok, "the audit matches every charge transfer to a charge"
+
+
+def test_the_command_runs_in_a_temporary_folder_and_removes_it_after_passing(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    args = ["--duration", "3", "--clients", "2", "--wallets", "1", "--kill-every", "1", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger", "torture", *args, "--postgres-restarts", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "RESULT: ok"
+    assert "lost: 0" in result.stdout.splitlines()
+    assert f"data folder: {tmp_path}" in result.stderr
+    assert not list(tmp_path.glob("ledger-torture-*")), "a passing run leaves nothing behind"
+
+
+def test_the_command_refuses_a_used_data_folder(tmp_path: Path) -> None:
+    (tmp_path / "pgdata").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger", "torture", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "use a fresh folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pgdata"]
