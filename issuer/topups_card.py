@@ -34,6 +34,7 @@ from msgspec import Meta
 
 from ledger import core, limits
 from ledger.config import Settings
+from ledger.db import Conn
 from ledger.errors import LedgerError, ServiceUnavailable, ValidationFailed
 from ledger.jsondepth import nests_deeper_than
 from ledger.queries import load_queries
@@ -305,14 +306,13 @@ async def handle_stripe_webhook(
     async with pool.acquire() as conn, conn.transaction():
         if await conn.fetchval(queries["record_event"], event.id, event.type[:100]) is None:
             return WebhookAck(received=True, event_id=event.id, outcome="duplicate_event")
-        # A pool connection proxies a Connection (the stubs do not say so).
-        outcome = await _dispatch(conn, event)  # type: ignore[arg-type]
+        outcome = await _dispatch(conn, event)
         await conn.execute(queries["set_event_outcome"], event.id, outcome)
     log.info("stripe event %s (%s): %s", event.id, event.type, outcome)
     return WebhookAck(received=True, event_id=event.id, outcome=outcome)
 
 
-async def _dispatch(conn: asyncpg.Connection, event: _Event) -> str:
+async def _dispatch(conn: Conn, event: _Event) -> str:
     try:
         if event.type in CREDIT_EVENT_TYPES:
             return await _credit(conn, msgspec.json.decode(event.data.object, type=_Session))
@@ -336,7 +336,7 @@ def _account_of(session: _Session) -> uuid.UUID | None:
         return None
 
 
-async def _credit(conn: asyncpg.Connection, session: _Session) -> str:
+async def _credit(conn: Conn, session: _Session) -> str:
     if session.payment_status != "paid":
         return "not_paid"
     if (session.currency or "").lower() != "usd":
@@ -378,7 +378,7 @@ async def _credit(conn: asyncpg.Connection, session: _Session) -> str:
     return "credited"
 
 
-async def _refund(conn: asyncpg.Connection, event_id: str, charge: _Charge) -> str:
+async def _refund(conn: Conn, event_id: str, charge: _Charge) -> str:
     if charge.payment_intent is None:
         return "payment_unknown"
     payment = await conn.fetchrow(queries["lock_payment"], charge.payment_intent)
@@ -389,7 +389,7 @@ async def _refund(conn: asyncpg.Connection, event_id: str, charge: _Charge) -> s
     return await _reverse(conn, payment["payment_id"], event_id, "refund")
 
 
-async def _dispute(conn: asyncpg.Connection, event_id: str, dispute: _Dispute) -> str:
+async def _dispute(conn: Conn, event_id: str, dispute: _Dispute) -> str:
     if dispute.payment_intent is None:
         return "payment_unknown"
     payment = await conn.fetchrow(queries["lock_payment"], dispute.payment_intent)
@@ -402,7 +402,7 @@ async def _dispute(conn: asyncpg.Connection, event_id: str, dispute: _Dispute) -
 
 
 async def _reverse(
-    conn: asyncpg.Connection, payment_id: str, event_id: str, reason: Literal["refund", "dispute"]
+    conn: Conn, payment_id: str, event_id: str, reason: Literal["refund", "dispute"]
 ) -> str:
     """Debit back what refunds and disputes claim beyond what was settled; record the rest."""
     payment = await conn.fetchrow(queries["lock_payment"], payment_id)

@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 
 from ledger import core, limits
+from ledger.db import Conn
 from ledger.errors import Conflict, NotFound, ValidationFailed
 from ledger.queries import load_queries
 
@@ -100,9 +101,7 @@ def _view(row: asyncpg.Record) -> DepositView:
     )
 
 
-async def _credit(
-    conn: asyncpg.Connection, dep_id: uuid.UUID, account_id: uuid.UUID, amount: int
-) -> None:
+async def _credit(conn: Conn, dep_id: uuid.UUID, account_id: uuid.UUID, amount: int) -> None:
     outcome = await core.create_transfer(
         conn,
         transfer_id=dep_id,
@@ -115,7 +114,7 @@ async def _credit(
     assert outcome.ok, outcome
 
 
-async def record_deposit(conn: asyncpg.Connection, deposit: Deposit) -> str:
+async def record_deposit(conn: Conn, deposit: Deposit) -> str:
     """Record one confirmed log (inside the caller's transaction); return what happened."""
     assert deposit.amount > 0
     dep_id = deposit_id(deposit.chain_id, deposit.tx_hash, deposit.log_index)
@@ -162,7 +161,7 @@ async def assign_deposit(
             raise ValidationFailed("the deposit exceeds one transfer's maximum; split it by hand")
         updated = await conn.fetchrow(queries["assign_deposit"], dep_id, request.account_id)
         assert updated is not None
-        await _credit(conn, dep_id, request.account_id, row["amount_micros"])  # type: ignore[arg-type]
+        await _credit(conn, dep_id, request.account_id, row["amount_micros"])
     return _view(updated)
 
 

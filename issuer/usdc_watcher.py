@@ -158,7 +158,7 @@ class UsdcWatcher:
             if locked is None or locked["next_block"] != next_block or locked["halted_reason"]:
                 return StepResult(status="raced")
             for deposit in deposits:
-                await record_deposit(conn, deposit)  # type: ignore[arg-type]
+                await record_deposit(conn, deposit)
             await conn.execute(queries["advance_cursor"], *self.key.args(), to_block + 1, to_hash)
         if deposits:
             log.info("usdc: %d deposit(s) in blocks %d-%d", len(deposits), next_block, to_block)
