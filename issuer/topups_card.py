@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import asyncpg
 import msgspec
@@ -202,7 +202,8 @@ def _stripe_client(
     http_client = stripe.AIOHTTPClient(timeout=STRIPE_TIMEOUT_S)
     client = stripe.StripeClient(
         secret_key,
-        base_addresses=base,  # type: ignore[arg-type]
+        # (the library's own type for this dict differs between its releases)
+        base_addresses=cast(Any, base),
         http_client=http_client,
         max_network_retries=STRIPE_NETWORK_RETRIES_MAX,
     )
@@ -240,7 +241,10 @@ async def create_card_topup(
         options["idempotency_key"] = f"topup:{account_id}:{request.idempotency_key}"
     client, http_client = _stripe_client(settings, secret_key)
     try:
-        session = await client.v1.checkout.sessions.create_async(params, options)  # type: ignore[arg-type]
+        # Plain dicts: the library's TypedDicts for these change between its releases.
+        session = await client.v1.checkout.sessions.create_async(
+            cast(Any, params), cast(Any, options)
+        )
     except stripe.StripeError as exc:
         # The library's messages never contain the secret key; its class and code say enough.
         log.warning("stripe refused checkout session: %s (%s)", type(exc).__name__, exc.code)
@@ -248,7 +252,7 @@ async def create_card_topup(
             "Stripe did not create the checkout session; retry later"
         ) from exc
     finally:
-        await http_client.close_async()  # type: ignore[no-untyped-call]
+        await cast(Any, http_client).close_async()  # untyped in some releases
     expires = getattr(session, "expires_at", None)
     return CardTopupCreated(
         session_id=str(session.id),

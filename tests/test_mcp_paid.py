@@ -281,18 +281,24 @@ async def test_missing_credit_token_is_refused_before_the_tool_runs(world: World
     assert not free.is_error and text_of(free) == "pong"
 
 
+def agent_meta(token: str, idempotency_key: str) -> Any:
+    """A call's `_meta` with the credit token and the agent's idempotency key (typed
+    loosely: the library's type for `_meta` names only its own keys)."""
+    return {CREDIT_TOKEN_META_KEY: token, IDEMPOTENCY_META_KEY: idempotency_key}
+
+
 async def test_credit_token_in_meta_and_agent_idempotency_key(world: World) -> None:
     """Transports without headers put the credit token in `_meta`; an agent's retry
     with the same idempotency key is charged once and gets the same receipt."""
     token = await world.mint()
-    meta = {CREDIT_TOKEN_META_KEY: token, IDEMPOTENCY_META_KEY: "task-7"}
+    meta = agent_meta(token, "task-7")
     async with Client(world.mcp_url) as tools:
-        first = await tools.call_tool("search", {"query": "q"}, meta=meta)  # type: ignore[arg-type]
-        retry = await tools.call_tool("search", {"query": "q"}, meta=meta)  # type: ignore[arg-type]
+        first = await tools.call_tool("search", {"query": "q"}, meta=meta)
+        retry = await tools.call_tool("search", {"query": "q"}, meta=meta)
         other = await tools.call_tool(
             "search",
             {"query": "q"},
-            meta={CREDIT_TOKEN_META_KEY: token, IDEMPOTENCY_META_KEY: "task-8"},  # type: ignore[arg-type]
+            meta=agent_meta(token, "task-8"),
         )
     assert not first.is_error and not retry.is_error and not other.is_error
     assert first.meta is not None and retry.meta is not None and other.meta is not None
@@ -308,18 +314,18 @@ async def test_reusing_an_agent_key_never_buys_a_second_call(world: World) -> No
     token = await world.mint()
     await world.top_up(100)
     start = await world.balance()
-    meta = {CREDIT_TOKEN_META_KEY: token, IDEMPOTENCY_META_KEY: "reused"}
+    meta = agent_meta(token, "reused")
     async with Client(world.mcp_url) as tools:
-        a = await tools.call_tool("search", {"query": "a"}, meta=meta)  # type: ignore[arg-type]
-        b = await tools.call_tool("search", {"query": "b"}, meta=meta)  # type: ignore[arg-type]
+        a = await tools.call_tool("search", {"query": "a"}, meta=meta)
+        b = await tools.call_tool("search", {"query": "b"}, meta=meta)
         assert text_of(a) == "results for a" and text_of(b) == "results for b"
         assert a.meta is not None and b.meta is not None
         assert a.meta[RECEIPT_META_KEY] != b.meta[RECEIPT_META_KEY]
         assert await world.balance() == start - 2 * SEARCH_PRICE
 
         # A failed call is refunded; its key cannot then run the tool for free.
-        failed = await tools.call_tool("flaky", {}, meta=meta)  # type: ignore[arg-type]
-        again = await tools.call_tool("flaky", {}, meta=meta)  # type: ignore[arg-type]
+        failed = await tools.call_tool("flaky", {}, meta=meta)
+        again = await tools.call_tool("flaky", {}, meta=meta)
         assert failed.is_error and again.is_error
         assert isinstance(again.structured_content, dict)
         assert again.structured_content["code"] == "idempotency_conflict"
@@ -328,8 +334,8 @@ async def test_reusing_an_agent_key_never_buys_a_second_call(world: World) -> No
 
         # A metered call already captured is not run (nor given away) a second time.
         args = {"text": "one two three", "cost_micros": 700}
-        done = await tools.call_tool("summarize", args, meta=meta)  # type: ignore[arg-type]
-        replay = await tools.call_tool("summarize", args, meta=meta)  # type: ignore[arg-type]
+        done = await tools.call_tool("summarize", args, meta=meta)
+        replay = await tools.call_tool("summarize", args, meta=meta)
     assert not done.is_error and done.structured_content == {"words": 3}
     assert replay.is_error
     assert isinstance(replay.structured_content, dict)

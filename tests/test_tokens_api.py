@@ -38,7 +38,8 @@ async def _mint(service: Service, owner: dict[str, str], **body: Any) -> dict[st
         "/v1/tokens", json={"cap_micros": 10_000, **body}, headers=owner
     )
     assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
+    minted: dict[str, Any] = response.json()
+    return minted
 
 
 async def _delegate(service: Service, token: str, **body: Any) -> httpx.Response:
