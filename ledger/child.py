@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 
 import httpx
 
-__all__ = ["wait_healthy"]
+__all__ = ["stop_child", "wait_healthy"]
 
 POLL_INTERVAL_S = 0.1
 PROBE_TIMEOUT_S = 2.0
@@ -29,3 +30,16 @@ def wait_healthy(
                 return
         time.sleep(POLL_INTERVAL_S)
     raise RuntimeError(f"ledger serve did not become healthy within {timeout_s:.0f} s")
+
+
+def stop_child(proc: subprocess.Popen[bytes], *, timeout_s: float) -> None:
+    """SIGTERM (a clean stop: it stops its embedded PostgreSQL too); SIGKILL if it has
+    not exited within `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)

@@ -48,7 +48,7 @@ import httpx
 
 from issuer.topups_card import MICROS_PER_CENT, payment_transfer_id, sign_test_webhook
 from ledger import core
-from ledger.child import wait_healthy
+from ledger.child import stop_child, wait_healthy
 from ledger.config import DEFAULT_DATABASE_NAME
 from ledger.db import CONNECTION_ERRORS, connect
 from ledger.embedded import EmbeddedPostgres, free_port
@@ -416,14 +416,8 @@ class ServiceProcess:
         self.proc.wait(timeout=STOP_TIMEOUT_S)
 
     def stop(self) -> None:
-        """SIGTERM: a clean stop (it stops the embedded PostgreSQL too)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.proc is not None:
+            stop_child(self.proc, timeout_s=STOP_TIMEOUT_S)
 
     def operator_key(self) -> str:
         found = _OPERATOR_KEY.findall(self.logfile.read_text(errors="replace"))

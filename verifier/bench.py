@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import psutil
 
 from ledger import core
 from ledger.auth import ensure_operator_key
-from ledger.child import wait_healthy
+from ledger.child import stop_child, wait_healthy
 from ledger.db import connect
 from ledger.embedded import PG_BIN, EmbeddedPostgres, free_port
 from ledger.runtime import prepare_database
@@ -48,6 +47,7 @@ WALLET_FUNDS_MICROS = 10**11
 TOKEN_CAP_MICROS = 10**11
 CHARGE_MICROS = 1
 SERVICE_START_TIMEOUT_S = 60.0
+SERVICE_STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,7 @@ def _service(dsn: str, port: int, workers: int) -> Iterator[subprocess.Popen[byt
             )
             yield proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_child(proc, timeout_s=SERVICE_STOP_TIMEOUT_S)
 
 
 async def _setup(dsn: str, url: str, clients: int) -> dict[str, Any]:
