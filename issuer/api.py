@@ -26,9 +26,9 @@ from issuer.tokens import (
     revoke_token,
 )
 from ledger import limits
-from ledger.api import Auth, Pool, strict_body
-from ledger.apidoc import problem_responses
 from ledger.config import Settings
+from ledger.http.apidoc import problem_responses
+from ledger.http.params import Auth, Pool, strict_body
 from verifier.tokens import PublishedKeys, load_keyring
 
 __all__ = ["KEYS_MAX_AGE_S", "KeysController", "TokenController", "routes"]

@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from ledger.queries import load_queries
+from ledger.db.queries import load_queries
 from verifier import paseto
 from verifier.tokens import Executor, KeyPurpose
 

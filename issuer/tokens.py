@@ -24,9 +24,9 @@ import msgspec
 from msgspec import Meta
 
 from issuer.keys import Connection, Executor, active_signer
-from ledger.auth import Principal, Role, bearer_credential
+from ledger.access.api_keys import Principal, Role, bearer_credential
+from ledger.db.queries import load_queries
 from ledger.errors import Forbidden, NotFound, ValidationFailed
-from ledger.queries import load_queries
 from verifier import tokens as vt
 from verifier.errors import BudgetExhausted, ScopeDenied, TokenInvalid, TokenRevoked
 

@@ -6,8 +6,8 @@ import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from ledger import core
-from ledger.db import Conn
+from ledger.core import transfers as core
+from ledger.db.pool import Conn
 from tests.helpers import new_wallet
 
 TEST_KID = "k4.pid.test-kid"

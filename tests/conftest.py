@@ -20,11 +20,11 @@ import httpx
 import pytest
 import uvicorn
 
-from ledger.app import create_app
+from ledger.app.factory import create_app
 from ledger.config import Settings
-from ledger.db import Conn, create_pool
-from ledger.embedded import EmbeddedPostgres, free_port
-from ledger.migrate import apply_migrations
+from ledger.db.embedded import EmbeddedPostgres, free_port
+from ledger.db.migrate import apply_migrations
+from ledger.db.pool import Conn, create_pool
 from tests.helpers import operator_key_for
 
 TEMPLATE_DB = "ledger_template"

@@ -15,7 +15,7 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
-from ledger.embedded import free_port
+from ledger.db.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_ID = 31337

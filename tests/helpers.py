@@ -10,13 +10,13 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from ledger import core
-from ledger.app import create_app
-from ledger.audit import run_audit
-from ledger.auth import ensure_operator_key
+from ledger.access.api_keys import ensure_operator_key
+from ledger.app.factory import create_app
 from ledger.config import Settings
-from ledger.db import Conn, connect
-from ledger.guard import server_options
+from ledger.core import transfers as core
+from ledger.core.audit import run_audit
+from ledger.db.pool import Conn, connect
+from ledger.http.guard import server_options
 
 
 async def assert_invariants(conn_or_dsn: Conn | str) -> None:

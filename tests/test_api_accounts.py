@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from ledger.db import connect
+from ledger.db.pool import connect
 from tests.conftest import Service
 from tests.helpers import assert_invariants, fund
 

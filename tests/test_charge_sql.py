@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from ledger.db import connect
+from ledger.db.pool import connect
 from tests.charge_fixtures import charge_request, new_merchant, new_token, wallet_with_token
 from tests.helpers import assert_invariants, balance, new_wallet
-from verifier.batcher import ChargeBatcher, run_batch
+from verifier.charges.batcher import ChargeBatcher, run_batch
 
 
 @pytest.fixture

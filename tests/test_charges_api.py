@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ledger.db import connect
+from ledger.db.pool import connect
 from tests.conftest import Service
 from tests.helpers import assert_invariants, fund
 from tests.test_api_accounts import assert_problem

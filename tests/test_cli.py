@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import psutil
 
-from ledger.embedded import EmbeddedPostgres, free_port
+from ledger.db.embedded import EmbeddedPostgres, free_port
 
 LEDGER = [sys.executable, "-m", "ledger"]
 

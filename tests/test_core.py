@@ -8,9 +8,9 @@ import uuid
 import asyncpg
 import pytest
 
-from ledger import core
-from ledger.core import TransferOutcome as O
-from ledger.db import Conn
+from ledger.core import transfers as core
+from ledger.core.transfers import TransferOutcome as O
+from ledger.db.pool import Conn
 from tests.helpers import assert_invariants, balance, fund, new_wallet
 
 

@@ -31,9 +31,9 @@ from schemathesis.checks import CheckContext
 from schemathesis.core.failures import Failure
 
 from ledger.config import Settings
-from ledger.db import connect
-from ledger.embedded import free_port
-from ledger.problems import PROBLEM_MEDIA_TYPE
+from ledger.db.embedded import free_port
+from ledger.db.pool import connect
+from ledger.http.problems import PROBLEM_MEDIA_TYPE
 from tests.helpers import fund, operator_key_for, serving
 from tests.test_topups_card import STRIPE_KEY, WEBHOOK_SECRET, FakeStripe
 

@@ -13,7 +13,7 @@ import pytest
 
 from ledger import limits
 from ledger.config import ConfigError, Settings
-from ledger.embedded import free_port
+from ledger.db.embedded import free_port
 from tests.helpers import operator_key_for, row_counts, serving
 
 PROBLEM = "application/problem+json"

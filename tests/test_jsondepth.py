@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.jsondepth import nests_deeper_than
+from ledger.http.jsondepth import nests_deeper_than
 from ledger.limits import JSON_DEPTH_MAX
 from verifier.errors import TokenInvalid
 from verifier.tokens import parse_footer

@@ -19,14 +19,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
 
-from ledger.embedded import free_port
+from ledger.db.embedded import free_port
 from tests.conftest import ServerThread, Service, service_settings
 from tests.helpers import AsgiThread, assert_invariants, assert_no_secrets_logged, operator_key_for
 from tests.test_charges_api import Market, new_market
 from tests.test_topups_card import WEBHOOK_SECRET, deliver, session_event
-from verifier.agent import AgentClient, budget_exhausted, receipt_of, signed_receipt_of
-from verifier.mcp import Metered, Paywall
-from verifier.sdk import (
+from verifier.sdk.agent import AgentClient, budget_exhausted, receipt_of, signed_receipt_of
+from verifier.sdk.mcp import Metered, Paywall
+from verifier.sdk.merchant import (
     CREDIT_TOKEN_META_KEY,
     IDEMPOTENCY_META_KEY,
     PRICE_META_KEY,
@@ -400,7 +400,9 @@ async def test_no_credit_token_or_api_key_in_logs(
         await tools.call_tool("admin_reset", {})
         await tools.call_tool("summarize", {"text": "x", "cost_micros": -1})
     body = token.split(".")[2]
-    assert any(r.name == "verifier.mcp" for r in caplog.records), "the MCP server's logs are seen"
+    assert any(r.name == "verifier.sdk.mcp" for r in caplog.records), (
+        "the MCP server's logs are seen"
+    )
     assert_no_secrets_logged(
         caplog.records, [token, body[:40], world.market.merchant_key, world.market.owner_key]
     )

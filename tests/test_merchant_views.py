@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from ledger.db import connect
+from ledger.db.pool import connect
 from tests.charge_fixtures import charge_request
 from tests.conftest import Service
 from tests.helpers import assert_invariants
 from tests.test_api_accounts import assert_problem
 from tests.test_charges_api import Market, new_market
-from verifier.batcher import run_batch
+from verifier.charges.batcher import run_batch
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import httpx
 import msgspec
 
 from issuer.keys import retire_signing_key, rotate_signing_key
-from ledger.db import connect
+from ledger.db.pool import connect
 from tests.conftest import Service
 from tests.helpers import assert_invariants, assert_no_secrets_logged, capture_all_logs
 from tests.test_api_accounts import assert_problem
@@ -305,7 +305,7 @@ async def test_no_secret_in_any_log_line_or_error_body_on_the_money_path(
     # warning about the retired receipt key are both in it.
     names = {r.name for r in records}
     assert "uvicorn.access" in names
-    assert "verifier.context" in names
+    assert "verifier.charges.context" in names
     assert len(exchanges.errors) >= 40, len(exchanges.errors)
     assert {401, 402, 403, 409, 422} <= set(exchanges.statuses)
     assert_no_secrets_logged(records, forms)

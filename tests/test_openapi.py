@@ -9,8 +9,8 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from ledger.cli import main
-from ledger.problems import PROBLEM_MEDIA_TYPE
+from ledger.cli.main import main
+from ledger.http.problems import PROBLEM_MEDIA_TYPE
 from tests.conftest import Service
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"

@@ -19,10 +19,10 @@ import asyncpg
 import httpx
 import pytest
 
+from ledger.app.runtime import prepare_database
 from ledger.config import DEFAULT_DATABASE_NAME, Settings
-from ledger.db import connect, ensure_database
-from ledger.embedded import EmbeddedPostgres, free_port
-from ledger.runtime import prepare_database
+from ledger.db.embedded import EmbeddedPostgres, free_port
+from ledger.db.pool import connect, ensure_database
 from tests.helpers import assert_invariants, fund, operator_key_for, serving
 
 # Bounded waits: a request that hangs fails on the client timeout instead.

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from issuer.keys import active_signer, retire_signing_key, rotate_signing_key
-from ledger.db import connect
-from ledger.embedded import free_port
+from ledger.db.embedded import free_port
+from ledger.db.pool import connect
 from tests.conftest import ServerThread, Service, service_settings
 from tests.helpers import assert_invariants
 from tests.test_api_accounts import assert_problem

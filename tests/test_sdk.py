@@ -12,13 +12,13 @@ import httpx
 import pytest
 
 from issuer.keys import rotate_signing_key
-from ledger.db import connect
-from ledger.embedded import free_port
+from ledger.db.embedded import free_port
+from ledger.db.pool import connect
 from tests.conftest import Service
 from tests.helpers import assert_invariants
 from tests.test_charges_api import Market, new_market
-from verifier.agent import AgentClient, budget_exhausted
-from verifier.sdk import (
+from verifier.sdk.agent import AgentClient, budget_exhausted
+from verifier.sdk.merchant import (
     BudgetExhausted,
     Conflict,
     IdempotencyConflict,

@@ -11,7 +11,7 @@ import httpx
 import pyseto
 import pytest
 
-from ledger.db import connect
+from ledger.db.pool import connect
 from tests.conftest import Service
 from tests.helpers import assert_invariants, assert_no_secrets_logged, fund
 from tests.test_api_accounts import assert_problem

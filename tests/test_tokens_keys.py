@@ -10,7 +10,7 @@ import asyncpg
 from click.testing import CliRunner, Result
 
 from issuer import keys
-from ledger.cli import main
+from ledger.cli.main import main
 from tests.conftest import Service
 from tests.test_api_accounts import assert_problem
 from tests.test_tokens_api import _account, _keyring, _mint

@@ -16,10 +16,10 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
-from issuer.topups_card import sign_test_webhook
-from ledger import core
-from ledger.db import connect
-from ledger.embedded import free_port
+from issuer.topups.card import sign_test_webhook
+from ledger.core import transfers as core
+from ledger.db.embedded import free_port
+from ledger.db.pool import connect
 from tests.conftest import ServerThread, Service, service_settings
 from tests.helpers import assert_invariants, balance, operator_key_for
 from tests.test_api_accounts import assert_problem

@@ -18,13 +18,13 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from issuer.usdc_watcher import UsdcConfigError, UsdcWatcher, watcher_lock
-from issuer.usdc_watcher import queries as usdc_queries
-from ledger import core
-from ledger.auth import ensure_operator_key
+from issuer.topups.usdc_watcher import UsdcConfigError, UsdcWatcher, watcher_lock
+from issuer.topups.usdc_watcher import queries as usdc_queries
+from ledger.access.api_keys import ensure_operator_key
 from ledger.config import Settings
-from ledger.db import Conn, connect
-from ledger.embedded import free_port
+from ledger.core import transfers as core
+from ledger.db.embedded import free_port
+from ledger.db.pool import Conn, connect
 from tests.conftest import ServerThread, Service, service_settings
 from tests.evm import CHAIN_ID, Anvil
 from tests.helpers import assert_invariants, balance
@@ -276,7 +276,7 @@ async def test_unlinked_sender_is_unattributed_until_operator_assigns(
     chain.anvil.mine(CONFIRMATIONS)
     conn = await connect(service.dsn)
     try:
-        from ledger.db import create_pool
+        from ledger.db.pool import create_pool
 
         pool = await create_pool(service.dsn, min_size=1, max_size=2)
         try:

@@ -16,11 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from ledger import core
 from ledger.config import DEFAULT_DATABASE_NAME
-from ledger.db import connect
-from ledger.embedded import EmbeddedPostgres
-from ledger.torture import Ack, TortureConfig, TortureReport, World, final_report, run_torture
+from ledger.core import transfers as core
+from ledger.db.embedded import EmbeddedPostgres
+from ledger.db.pool import connect
+from ledger.tooling.torture import (
+    Ack,
+    TortureConfig,
+    TortureReport,
+    World,
+    final_report,
+    run_torture,
+)
 
 
 @pytest.fixture(scope="module")

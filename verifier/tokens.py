@@ -24,8 +24,8 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 from msgspec import Meta
 
-from ledger.jsondepth import nests_deeper_than
-from ledger.queries import load_queries
+from ledger.db.queries import load_queries
+from ledger.http.jsondepth import nests_deeper_than
 from verifier import paseto
 from verifier.errors import ScopeDenied, TokenExpired, TokenInvalid, TokenNotYetValid
 

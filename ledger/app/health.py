@@ -1,0 +1,48 @@
+"""Health endpoints: liveness (no database) and database reachability."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import asyncpg
+import msgspec
+from litestar import Controller, get
+
+from ledger.errors import DatabaseUnavailable
+from ledger.http.apidoc import problem_responses
+from ledger.http.params import Pool
+
+__all__ = ["HealthController", "liveness"]
+
+
+class Liveness(msgspec.Struct, frozen=True):
+    status: str = "ok"
+
+
+@get(
+    "/health/live", operation_id="liveness", summary="Liveness only (no database)", tags=["health"]
+)
+async def liveness() -> Liveness:
+    return Liveness()
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get(
+        operation_id="health",
+        summary="Liveness and database reachability",
+        responses=problem_responses(503),
+    )
+    async def health(self, pool: Pool) -> Health:
+        try:
+            await pool.fetchval("SELECT 1", timeout=2.0)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable() from exc
+        return Health(status="ok", database="ok")
