@@ -26,6 +26,7 @@ from ledger.core.api import AccountController
 from ledger.db.pool import CONNECTION_ERRORS, create_pool
 from ledger.http.apidoc import complete_openapi
 from ledger.http.guard import LedgerRequest, RequestGuard
+from ledger.http.idempotency import purge_expired_keys
 from ledger.http.params import dependencies
 from ledger.http.problems import exception_handlers
 
@@ -37,11 +38,13 @@ API_VERSION = "0.1.0"
 
 
 async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
-    """Release holds past their expiry, whether or not any request arrives."""
+    """Release holds past their expiry, and forget idempotency keys past their
+    retention, whether or not any request arrives."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await core.expire_pending(app.state.pool)
+            await purge_expired_keys(app.state.pool)
         except CONNECTION_ERRORS:
             log.warning("expiry sweep skipped: database unavailable")
 
