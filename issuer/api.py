@@ -31,6 +31,7 @@ from ledger.http.idempotency import idempotent
 from ledger.http.lists import Cursor, Limit, Page
 from ledger.http.params import Auth, Pool, strict_body
 from ledger.http.responses import created
+from verifier.errors import TopupAdvice
 from verifier.tokens import PublishedKeys, load_keyring
 
 __all__ = ["KEYS_MAX_AGE_S", "KeysController", "TokenController", "routes"]
@@ -58,6 +59,11 @@ class KeysController(Controller):
 
     @get(
         operation_id="listPublicKeys",
+        description=(
+            "The signing keys' public halves as PASERK `k4.public`, by `kid` (PASERK `k4.pid`), for"
+            " credit tokens and receipts: anyone can verify either offline with any PASETO v4 "
+            "library. Cacheable; an unknown `kid` means the set rotated: fetch it again."
+        ),
         summary="Public signing keys (PASERK k4.public) by kid",
         cache_control=CacheControlHeader(max_age=KEYS_MAX_AGE_S, public=True),
     )
@@ -98,6 +104,10 @@ class TokenController(Controller):
 
     @get(
         operation_id="listCreditTokens",
+        description=(
+            "The owner's credit tokens, oldest first, with status, spent, held and remaining; never"
+            " the token string. An operator names the account with `account_id`."
+        ),
         summary="An account's credit tokens",
         security=[{"apiKey": []}],
     )
@@ -116,6 +126,12 @@ class TokenController(Controller):
     @get(
         "/self",
         operation_id="inspectCreditToken",
+        description=(
+            "For the agent holding a credit token (`Authorization: Bearer <credit token>`): its "
+            "scope, its own cap and what it spent and holds, the remaining budget (the least over "
+            "its delegation chain, `limited_by` saying which), the account's available balance, and"
+            " `spendable_micros`: the most the next charge can take."
+        ),
         summary="The presented credit token's scope and remaining budget",
         security=[{"creditToken": []}],
     )
@@ -145,15 +161,19 @@ class TokenController(Controller):
         authorization: CreditTokenHeader = None,
     ) -> Response[MintedToken]:
         data = await strict_body(request, DelegateRequest)
-        topup_url = f"{settings.base_url}/v1/topups/card"
+        topup: TopupAdvice = request.app.state.topup
         child = await delegate_token(
-            pool, authorization, data, issuer=settings.base_url, topup_url=topup_url
+            pool, authorization, data, issuer=settings.base_url, topup=topup
         )
         return created(child, f"/v1/tokens/{child.jti}")
 
     @get(
         "/{jti:uuid}",
         operation_id="getCreditToken",
+        description=(
+            "One credit token by its id (`jti`), never the token string. Another owner's answers "
+            "404."
+        ),
         summary="One credit token (never the token string)",
         security=[{"apiKey": []}],
     )
@@ -163,6 +183,10 @@ class TokenController(Controller):
     @post(
         "/{jti:uuid}/revoke",
         operation_id="revokeCreditToken",
+        description=(
+            "Revokes the credit token and every token delegated from it, at once; a revoked token "
+            "debits nothing more. Idempotent: revoking again answers the first revocation's time."
+        ),
         summary="Revoke a credit token and its descendants",
         security=[{"apiKey": []}],
         status_code=200,

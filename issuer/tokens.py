@@ -29,7 +29,7 @@ from ledger.db.queries import load_queries
 from ledger.errors import Forbidden, NotFound, ValidationFailed
 from ledger.http.lists import Page, decode_cursor, page_of
 from verifier import tokens as vt
-from verifier.errors import BudgetExhausted, ScopeDenied, TokenInvalid, TokenRevoked
+from verifier.errors import BudgetExhausted, ScopeDenied, TokenInvalid, TokenRevoked, TopupAdvice
 
 __all__ = [
     "DEFAULT_LIFETIME_S",
@@ -446,7 +446,7 @@ async def delegate_token(
     request: DelegateRequest,
     *,
     issuer: str,
-    topup_url: str,
+    topup: TopupAdvice,
 ) -> MintedToken:
     """A child of the presented credit token: narrower scope, cap within its budget."""
     parent = await _verified(pool, bearer_credential(authorization))
@@ -473,7 +473,7 @@ async def delegate_token(
                 available=max(0, remaining),
                 token_id=str(parent.jti),
                 account_id=str(parent.sub),
-                topup_url=topup_url,
+                topup=topup,
             )
         return await _issue(
             conn,

@@ -1,4 +1,9 @@
-"""Settings, read once from the environment. Every knob is listed in the README."""
+"""Settings, read once from the environment. Every knob is listed in the README.
+
+A value the service cannot use is a `ConfigError` whose message is one line that
+names the variable and what it expects; the `ledger` command prints it and exits
+with status 2. Secrets are never echoed back.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ledger import limits
 
@@ -24,6 +30,10 @@ DEFAULT_USDC_BLOCK_RANGE_MAX = 1_000
 DEFAULT_USDC_POLL_INTERVAL_S = 5
 
 
+# A service listening on every interface is reached, by default, at the loopback one.
+_REACHABLE_AS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+
+
 class ConfigError(Exception):
     """A setting has a value the service cannot use."""
 
@@ -39,6 +49,44 @@ def _int(env: dict[str, str], name: str, default: int, *, lo: int, hi: int) -> i
     if not lo <= value <= hi:
         raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _url(env: dict[str, str], name: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """An absolute URL with one of `schemes` and a host (no query or fragment), or ""."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return ""
+    try:
+        parts = urlsplit(raw)
+        valid = parts.scheme in schemes and bool(parts.hostname)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid or parts.query or parts.fragment:
+        example = f"{schemes[-1]}://ledger.example.com"
+        raise ConfigError(
+            f"{name} must be an absolute {'/'.join(schemes)} URL such as {example}, got {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
+def _database_url(env: dict[str, str]) -> str | None:
+    raw = (env.get("DATABASE_URL") or "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        _ = parts.port
+        valid = parts.scheme in ("postgres", "postgresql") and bool(parts.hostname or parts.query)
+    except ValueError:
+        valid = False
+    if not valid:
+        # The value may hold a password: it is not repeated.
+        raise ConfigError(
+            "DATABASE_URL must be a PostgreSQL URL such as "
+            "postgresql://user:password@host:5432/dbname (the value set is not one)"
+        )
+    return raw
 
 
 def _address(env: dict[str, str], name: str) -> str | None:
@@ -84,7 +132,15 @@ class Settings:
 
     @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        """The service's public URL: every link it gives out (token `iss`, top-up
+        URLs, problem types) starts with it. `LEDGER_PUBLIC_URL`, or where it listens
+        (a wildcard address is reached at the loopback one)."""
+        if self.public_url:
+            return self.public_url
+        host = _REACHABLE_AS.get(self.host, self.host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     @property
     def usdc_configured(self) -> bool:
@@ -98,12 +154,12 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         return cls(
-            database_url=env.get("DATABASE_URL") or None,
+            database_url=_database_url(env),
             data_dir=Path(env.get("LEDGER_DATA_DIR") or DEFAULT_DATA_DIR),
             host=env.get("LEDGER_HOST") or DEFAULT_HOST,
             port=_int(env, "LEDGER_PORT", DEFAULT_PORT, lo=1, hi=65535),
             workers=_int(env, "LEDGER_WORKERS", 1, lo=1, hi=64),
-            public_url=(env.get("LEDGER_PUBLIC_URL") or "").rstrip("/"),
+            public_url=_url(env, "LEDGER_PUBLIC_URL"),
             pool_size_max=_int(env, "LEDGER_POOL_SIZE_MAX", limits.POOL_SIZE_MAX, lo=2, hi=200),
             pool_acquire_timeout_s=_int(
                 env,
@@ -129,7 +185,7 @@ class Settings:
                 lo=1,
                 hi=86_400,
             ),
-            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            stripe_api_base=_url(env, "STRIPE_API_BASE") or None,
             card_topup_min_micros=_int(
                 env,
                 "CARD_TOPUP_MIN_MICROS",
@@ -144,9 +200,9 @@ class Settings:
                 lo=10_000,
                 hi=limits.AMOUNT_MAX,
             ),
-            card_success_url=env.get("CARD_SUCCESS_URL") or "",
-            card_cancel_url=env.get("CARD_CANCEL_URL") or "",
-            usdc_rpc_url=env.get("USDC_RPC_URL") or None,
+            card_success_url=_url(env, "CARD_SUCCESS_URL"),
+            card_cancel_url=_url(env, "CARD_CANCEL_URL"),
+            usdc_rpc_url=_url(env, "USDC_RPC_URL") or None,
             usdc_contract=_address(env, "USDC_CONTRACT"),
             usdc_treasury=_address(env, "USDC_TREASURY"),
             usdc_chain_id=_int(env, "USDC_CHAIN_ID", 1, lo=1, hi=2**53),

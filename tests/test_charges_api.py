@@ -135,8 +135,10 @@ async def test_200_concurrent_http_charges_on_a_cap_of_50(market: Market) -> Non
     assert problem["unit"] == "micro_usd"
     assert problem["token_id"] == token["jti"]
     assert problem["account_id"] == market.account_id
-    assert problem["topup"]["methods"] == ["card", "usdc"]
-    assert problem["topup"]["url"].endswith("/v1/topups/card")
+    # A spent credit token is not helped by a top-up: no top-up is offered.
+    assert "topup" not in problem and problem["action"] == "new_credit_token"
+    assert problem["detail"].endswith("Ask the owner for a new credit token")
+    assert problem["type"] == f"{market.service.url}/problems/budget_exhausted"
     assert (await market.account())["balance_micros"] == 100_000 - 50
     await assert_invariants(market.service.dsn)
 

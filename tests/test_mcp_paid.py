@@ -23,7 +23,7 @@ from ledger.db.embedded import free_port
 from tests.conftest import ServerThread, Service, service_settings
 from tests.helpers import AsgiThread, assert_invariants, assert_no_secrets_logged, operator_key_for
 from tests.test_charges_api import Market, new_market
-from tests.test_topups_card import WEBHOOK_SECRET, deliver, session_event
+from tests.test_topups_card import STRIPE_KEY, WEBHOOK_SECRET, deliver, session_event
 from verifier.sdk.agent import AgentClient, budget_exhausted, receipt_of, signed_receipt_of
 from verifier.sdk.mcp import Metered, Paywall
 from verifier.sdk.merchant import (
@@ -115,7 +115,11 @@ async def card_ledger(dsn: str) -> AsyncIterator[Service]:
     """The ledger service, taking signed card webhooks."""
     operator_key = await operator_key_for(dsn)
     port = free_port()
-    server = ServerThread(service_settings(dsn, port, stripe_webhook_secret=WEBHOOK_SECRET))
+    server = ServerThread(
+        service_settings(
+            dsn, port, stripe_webhook_secret=WEBHOOK_SECRET, stripe_secret_key=STRIPE_KEY
+        )
+    )
     server.start()
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -193,8 +197,15 @@ async def test_budget_exhausted_is_structured_and_a_topup_revives_the_same_token
         assert (problem["required"], problem["available"]) == (SEARCH_PRICE, 1_000)
         assert problem["unit"] == "micro_usd"
         assert problem["token_id"] and problem["account_id"] == world.market.account_id
-        assert problem["topup"]["url"].endswith("/v1/topups/card")
-        assert "Top up at" in text_of(refused)
+        # Card top-ups are configured (USDC is not): only they are offered, with a
+        # page of this service that says how.
+        topup_page = f"{world.service.url}/topups/{world.market.account_id}"
+        assert problem["topup"] == {"url": topup_page, "methods": ["card"]}
+        assert problem["action"] == "top_up"
+        assert f"Top up the account (card): {topup_page}" in text_of(refused)
+        page = await world.service.client.get(problem["topup"]["url"])
+        assert page.status_code == 200 and "/v1/topups/card" in page.text
+        assert "USDC" not in page.text
         refusal = budget_exhausted(refused)
         assert refusal is not None and refusal.limit == "account_balance"
         assert refusal.required == SEARCH_PRICE and refusal.available == 1_000

@@ -158,10 +158,14 @@ async def test_budget_exhausted_carries_what_an_agent_needs(market: Market) -> N
     error = caught.value
     assert (error.status, error.code, error.limit) == (402, "budget_exhausted", "token_cap")
     assert (error.required, error.available) == (600, 400)
-    assert error.topup["url"].endswith("/v1/topups/card")
-    assert set(error.topup["methods"]) == {"card", "usdc"}
+    assert error.topup == {}, "a top-up does not help a spent credit token"
     refusal = budget_exhausted(error)
     assert refusal is not None and (refusal.limit, refusal.available) == ("token_cap", 400)
+    assert (refusal.action, refusal.topup_url, refusal.topup_methods) == (
+        "new_credit_token",
+        "",
+        [],
+    )
     assert token not in str(error) and token not in str(error.problem)
     await assert_invariants(market.service.dsn)
 

@@ -108,6 +108,12 @@ class StripeWebhookController(Controller):
 
     @post(
         operation_id="stripeWebhook",
+        description=(
+            "Stripe's events, verified with the `Stripe-Signature` header and "
+            "`STRIPE_WEBHOOK_SECRET`. A paid Checkout session credits the account once per payment,"
+            " whatever the replays; refunds and disputes take the money back as far as the wallet "
+            "holds it (the rest is a shortfall). Any 4xx tells Stripe not to retry that payload."
+        ),
         summary="Stripe events (signed)",
         status_code=200,
         responses=problem_responses(400, 503),
@@ -282,7 +288,7 @@ routes: list[Any] = [
 
 @contextlib.asynccontextmanager
 async def usdc_watcher_lifespan(app: Litestar) -> AsyncIterator[None]:
-    """Run the deposit watcher beside the API when USDC_* is configured."""
+    "''Run the deposit watcher beside the API when USDC_* is configured.''"
     settings: Settings = app.state.settings
     if not settings.usdc_configured:
         yield

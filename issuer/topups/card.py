@@ -74,23 +74,35 @@ EventId = Annotated[str, Meta(min_length=1, max_length=EVENT_ID_LENGTH_MAX)]
 
 
 class CardTopupsUnavailable(ServiceUnavailable):
+    """Card top-ups are not configured on this service (`STRIPE_SECRET_KEY`, and for
+    the webhook `STRIPE_WEBHOOK_SECRET`). Use another top-up method, or ask the operator."""
+
     code = "card_topups_unavailable"
     title = "Card top-ups are not configured on this service"
 
 
 class PaymentProviderError(LedgerError):
+    """Stripe did not create the Checkout session. Nothing was charged; retry later
+    with the same idempotency key."""
+
     code = "payment_provider_error"
     status = 502
     title = "The payment provider did not accept the request"
 
 
 class WebhookSignatureInvalid(LedgerError):
+    """The Stripe webhook's `Stripe-Signature` is missing, wrong, or older than
+    `STRIPE_WEBHOOK_TOLERANCE_S`. Nothing was credited."""
+
     code = "webhook_signature_invalid"
     status = 400
     title = "The webhook signature is missing, wrong, or too old"
 
 
 class WebhookPayloadInvalid(LedgerError):
+    """The webhook body is not a Stripe event this service understands. Nothing was
+    credited."""
+
     code = "webhook_payload_invalid"
     status = 400
     title = "The webhook body is not a Stripe event"

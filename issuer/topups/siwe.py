@@ -62,12 +62,18 @@ _NONCE_LINE = re.compile(r"^Nonce: ([A-Za-z0-9]{8,64})$", re.MULTILINE)
 
 
 class ChallengeInvalid(LedgerError):
+    """The signed message is not a live challenge this service issued for this account,
+    or it is not signed by the challenged address. A challenge answers one attempt: ask
+    for a new one (`POST /v1/wallets/challenge`)."""
+
     code = "wallet_challenge_invalid"
     status = 400
     title = "The wallet challenge is unknown, used, expired, or not signed by the address"
 
 
 class WalletAlreadyLinked(Conflict):
+    """The address is already linked to another account."""
+
     code = "wallet_already_linked"
     title = "This address is linked to another account"
 

@@ -19,7 +19,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from ledger.access.api_keys import AuthCache
+from ledger.app.examples import EXAMPLES
 from ledger.app.health import HealthController, liveness
+from ledger.app.pages import docs_config, page_handlers
 from ledger.config import ConfigError, Settings
 from ledger.core import transfers as core
 from ledger.core.api import AccountController
@@ -29,12 +31,31 @@ from ledger.http.guard import LedgerRequest, RequestGuard
 from ledger.http.idempotency import purge_expired_keys
 from ledger.http.params import dependencies
 from ledger.http.problems import exception_handlers
+from verifier.errors import TopupAdvice, TopupMethod
 
 __all__ = ["API_VERSION", "create_app", "openapi_document"]
 
 log = logging.getLogger("ledger.app.factory")
 
 API_VERSION = "0.1.0"
+API_DESCRIPTION = """Prepaid credit-token ledger for AI agents.
+
+- **Money** is integer micro-USD (`1 USD = 1_000_000`) in every field named `*_micros`,
+  never a float; JSON integers only (`"1"` and `1.0` are refused).
+- **Errors** are RFC 9457 `application/problem+json` with a stable snake_case `code`; each
+  problem's `type` is a page of this service (`/problems/<code>`) describing the code, and
+  the `Problem` schema documents every extension member.
+- **Bodies** are JSON (`Content-Type: application/json`, else 415); a key twice in an
+  object, an unknown field or an unknown query parameter is 422.
+- **Idempotency**: every POST that creates something takes an `Idempotency-Key` header
+  (kept 24 hours, per API key subject or credit token): the same key and request answer
+  the original response; a different request is 409 `idempotency_conflict`.
+- **Lists** answer `{"data": [...], "has_more": bool, "next_cursor": str|null}`; pass
+  `next_cursor` as `?cursor=`; `?limit=` is 1 to 500 (default 50).
+- A creation is 201 with `Location`; a 401 carries `WWW-Authenticate: Bearer`.
+- **Credentials**: an operator, owner or merchant API key (`lk_…`), or a credit token
+  (`v4.public.…`, PASETO), as `Authorization: Bearer …`.
+"""
 
 
 async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
@@ -74,7 +95,7 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
 
     app.state.charge_context = await ChargeContext.start(
         app.state.pool,
-        topup_url=f"{settings.base_url}/v1/topups/card",
+        topup=app.state.topup,
         sweep_interval_s=settings.expiry_sweep_interval_s,
     )
     try:
@@ -88,14 +109,10 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
 
 
 def _openapi_config() -> OpenAPIConfig:
-    return OpenAPIConfig(
+    config: OpenAPIConfig = docs_config(
         title="Credit-token ledger",
         version=API_VERSION,
-        description=(
-            "Prepaid credit-token ledger for AI agents. Money is integer micro-USD. "
-            "Errors are RFC 9457 application/problem+json with a stable `code`."
-        ),
-        path="/docs",
+        description=API_DESCRIPTION,
         components=Components(
             security_schemes={
                 "apiKey": SecurityScheme(
@@ -112,6 +129,7 @@ def _openapi_config() -> OpenAPIConfig:
             }
         ),
     )
+    return config
 
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
@@ -122,7 +140,7 @@ _FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "issuer.topups.api", "ver
 def _route_handlers() -> list[Any]:
     import importlib
 
-    handlers: list[Any] = [HealthController, liveness, AccountController]
+    handlers: list[Any] = [HealthController, liveness, AccountController, *page_handlers()]
     for module in _FEATURE_API_MODULES:
         handlers.extend(importlib.import_module(module).routes)
     return handlers
@@ -137,6 +155,16 @@ def _feature_lifespans() -> list[Any]:
     return spans
 
 
+def topup_advice(settings: Settings) -> TopupAdvice:
+    """The top-up methods this service has configured, for 402 advice."""
+    methods: list[TopupMethod] = []
+    if settings.stripe_secret_key and settings.stripe_webhook_secret:
+        methods.append("card")
+    if settings.usdc_configured:
+        methods.append("usdc")
+    return TopupAdvice(base_url=settings.base_url, methods=tuple(methods))
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     config = AppConfig(
@@ -148,12 +176,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.request_body_bytes_max,
         middleware=[RequestGuard(settings)],
         request_class=LedgerRequest,
-        state=State({"settings": settings, "auth_cache": AuthCache()}),
+        state=State(
+            {"settings": settings, "auth_cache": AuthCache(), "topup": topup_advice(settings)}
+        ),
         debug=False,
     )
     app = Litestar.from_config(config)
     # Built once here, so the served document and `openapi_document()` are the same.
-    complete_openapi(app)
+    complete_openapi(app, examples=EXAMPLES)
     return app
 
 

@@ -20,7 +20,14 @@ class Liveness(msgspec.Struct, frozen=True):
 
 
 @get(
-    "/health/live", operation_id="liveness", summary="Liveness only (no database)", tags=["health"]
+    "/health/live",
+    operation_id="liveness",
+    description=(
+        "200 while the process serves requests; it does not touch the database, so a load balancer "
+        "can tell a live process from a reachable database."
+    ),
+    summary="Liveness only (no database)",
+    tags=["health"],
 )
 async def liveness() -> Liveness:
     return Liveness()
@@ -37,6 +44,10 @@ class HealthController(Controller):
 
     @get(
         operation_id="health",
+        description=(
+            "200 `{status: ok, database: ok}` when PostgreSQL answers a query; 503 "
+            "`database_unavailable` otherwise."
+        ),
         summary="Liveness and database reachability",
         responses=problem_responses(503),
     )

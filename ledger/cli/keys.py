@@ -20,7 +20,7 @@ from issuer.keys import (
     rotate_signing_key,
 )
 from ledger.app.runtime import database_dsn, prepare_database
-from ledger.config import ConfigError, Settings
+from ledger.config import Settings
 from ledger.db.pool import connect
 
 __all__ = ["ensure_signing_keys_at", "keys_group"]
@@ -29,10 +29,7 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = Settings.from_env()  # a ConfigError is reported by the `ledger` group
     with database_dsn(settings) as dsn:
         asyncio.run(prepare_database(dsn))
         return asyncio.run(_with_connection(dsn, work))

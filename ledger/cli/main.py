@@ -26,7 +26,7 @@ from ledger.config import ConfigError, Settings
 from ledger.core import accounts
 from ledger.core import transfers as core
 from ledger.core.audit import run_audit
-from ledger.db.migrate import MigrationError
+from ledger.db.migrate import MigrationError, discover
 from ledger.db.pool import connect, mask_dsn
 from ledger.errors import ValidationFailed
 from ledger.http.lists import Page
@@ -40,11 +40,22 @@ T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class ConfigProblem(click.ClickException):
+    """A setting the service cannot use: one line naming it, exit status 2."""
+
+    exit_code = 2
+
+
+class LedgerGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise ConfigProblem(str(exc)) from None
+
+
 def _settings(**overrides: Any) -> Settings:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = Settings.from_env()
     return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -66,7 +77,7 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(msgspec.to_builtins(value), indent=2, sort_keys=True))
 
 
-@click.group()
+@click.group(cls=LedgerGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Prepaid credit-token ledger for AI agents."""
@@ -85,12 +96,13 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
     from ledger.http.guard import server_options
 
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir)
+    _migrations_present()
     # uvicorn handles Ctrl-C/SIGTERM while it runs, then re-raises the signal to the
     # handler it found; make that handler unwind normally so the embedded PostgreSQL
     # is stopped by `database_dsn` rather than orphaned.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
-    with database_dsn(settings, own_server=True) as dsn:
+    with database_dsn(settings, own_server=True, create=True) as dsn:
         try:
             asyncio.run(prepare_database(dsn))
         except MigrationError as exc:
@@ -106,6 +118,10 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
         log.info("database: %s", mask_dsn(dsn))
         log.info("API docs: %s/docs", settings.base_url)
         os.environ["DATABASE_URL"] = dsn
+        # The workers read their settings from the environment: what the options
+        # chose must reach them, or every link would name the default port.
+        os.environ["LEDGER_HOST"] = settings.host
+        os.environ["LEDGER_PORT"] = str(settings.port)
         uvicorn.run(
             "ledger.app.factory:create_app",
             factory=True,
@@ -117,6 +133,14 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
             timeout_graceful_shutdown=10,
             **server_options(settings),
         )
+
+
+def _migrations_present() -> None:
+    """Refuse at once, before any database is started, when there are none to apply."""
+    try:
+        discover()
+    except MigrationError as exc:
+        raise ConfigProblem(str(exc)) from None
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -135,8 +159,9 @@ async def _first_operator_key(dsn: str) -> str | None:
 def migrate() -> None:
     """Apply pending migrations (forward-only; edited migrations are refused)."""
     settings = _settings()
+    _migrations_present()
     try:
-        with database_dsn(settings) as dsn:
+        with database_dsn(settings, create=True) as dsn:
             applied = asyncio.run(prepare_database(dsn))
     except MigrationError as exc:
         raise click.ClickException(str(exc)) from exc

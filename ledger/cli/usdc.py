@@ -22,12 +22,9 @@ queries = load_queries("issuer.topups", "usdc.sql")
 
 
 def _settings() -> Settings:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = Settings.from_env()  # a ConfigError is reported by the `ledger` group
     if not settings.usdc_configured:
-        raise click.ClickException("set USDC_RPC_URL, USDC_CONTRACT and USDC_TREASURY")
+        raise ConfigError("set USDC_RPC_URL, USDC_CONTRACT and USDC_TREASURY")
     return settings
 
 

@@ -59,6 +59,11 @@ class AccountController(Controller):
     @get(
         "/{account_id:uuid}",
         operation_id="getAccount",
+        description=(
+            "The balance (`balance_micros`), what is available to spend (`available_micros`: the "
+            "balance less pending holds) and the pending holds. An operator reads any account, an "
+            "owner only its own; another owner's account answers 404 like a missing one."
+        ),
         summary="Balance of an account",
         responses=problem_responses(404),
     )
@@ -70,6 +75,10 @@ class AccountController(Controller):
     @get(
         "/{account_id:uuid}/transfers",
         operation_id="listAccountTransfers",
+        description=(
+            "The account's journal, oldest first: every transfer that debited or credited it, with "
+            "its direction. One page per call; pass `next_cursor` as `cursor` for the next."
+        ),
         summary="Journal page",
         responses=problem_responses(404),
     )

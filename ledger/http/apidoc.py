@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect as mi
@@ -41,6 +41,7 @@ from litestar import Litestar
 from litestar.enums import ParamType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
+    Example,
     OpenAPI,
     OpenAPIFormat,
     OpenAPIHeader,
@@ -52,6 +53,7 @@ from litestar.openapi.spec import (
     Schema,
 )
 from litestar.openapi.spec import OpenAPIResponse as Response
+from msgspec import Meta
 
 from ledger import limits
 from ledger.http.idempotency import IDEMPOTENCY_HEADER, Idempotency
@@ -61,6 +63,7 @@ from ledger.http.problems import PROBLEM_MEDIA_TYPE
 __all__ = [
     "FieldError",
     "Problem",
+    "TopupOffer",
     "complete_openapi",
     "document_problems",
     "problem_responses",
@@ -87,19 +90,132 @@ _DESCRIPTIONS: dict[int, str] = {
 
 class FieldError(msgspec.Struct, frozen=True):
     message: str
-    key: str
+    key: Annotated[str, Meta(description="The field, parameter or header at fault.")]
 
 
-class Problem(msgspec.Struct, frozen=True):
-    """An RFC 9457 problem; some codes add members of their own (`errors`, `limit`, …)."""
+class TopupOffer(msgspec.Struct, frozen=True):
+    url: Annotated[
+        str, Meta(description="A page of this service saying how to top up the account.")
+    ]
+    methods: Annotated[
+        list[Literal["card", "usdc"]],
+        Meta(description="The top-up methods configured on this service (never an empty list)."),
+    ]
 
-    type: str
+
+_UNSET = msgspec.UNSET
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """An RFC 9457 problem. `code` is stable; `type` is a page of this service that
+    describes the code. Members after `instance` appear only with the codes named."""
+
+    type: Annotated[str, Meta(description="`<service>/problems/<code>`: what the code means.")]
     title: str
     status: int
-    code: str
-    detail: str
-    instance: str | msgspec.UnsetType = msgspec.UNSET
-    errors: list[FieldError] | msgspec.UnsetType = msgspec.UNSET
+    code: Annotated[str, Meta(description="Stable snake_case code; branch on this.")]
+    detail: Annotated[str, Meta(description="What happened and what to do, for a human.")]
+    instance: Annotated[str, Meta(description="The request path.")] | msgspec.UnsetType = _UNSET
+    errors: (
+        Annotated[list[FieldError], Meta(description="`validation_failed`: each field at fault.")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    limit: (
+        Annotated[
+            Literal["token_cap", "ancestor_cap", "account_balance", "max_per_call"],
+            Meta(description="`budget_exhausted`: which limit refused the amount."),
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
+    required: (
+        Annotated[
+            int, Meta(description="`budget_exhausted`, `capture_exceeds_hold`: micro-USD asked.")
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
+    available: (
+        Annotated[
+            int,
+            Meta(
+                description="`budget_exhausted`: micro-USD the limit still allows; "
+                "`capture_exceeds_hold`: held; `refund_exceeds_charge`: still refundable."
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
+    unit: (
+        Annotated[Literal["micro_usd"], Meta(description="The unit of the amounts.")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    token_id: (
+        Annotated[str, Meta(description="`budget_exhausted`: the credit token's id (its `jti`).")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    account_id: (
+        Annotated[str, Meta(description="`budget_exhausted`: the paying account.")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    action: (
+        Annotated[
+            Literal["top_up", "new_credit_token", "cheaper_call"],
+            Meta(
+                description="`budget_exhausted`: what helps. `top_up` (the account's balance), "
+                "`new_credit_token` (ask the owner: `token_cap`, `ancestor_cap`), `cheaper_call` "
+                "(`max_per_call`)."
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
+    topup: (
+        Annotated[
+            TopupOffer,
+            Meta(
+                description="`budget_exhausted` with `limit: account_balance` only, and only "
+                "when this service has a top-up method configured."
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
+    reason: (
+        Annotated[
+            str,
+            Meta(
+                description="`scope_denied`: `audience`, `tool`, `max_per_call`, `expiry` or "
+                "`depth`."
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
+    hold_status: (
+        Annotated[
+            Literal["pending", "captured", "voided", "expired"],
+            Meta(description="`hold_not_pending`: what became of the hold."),
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
+    idempotency_key: (
+        Annotated[str, Meta(description="`idempotency_conflict`: the key that was reused.")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    accepted: (
+        Annotated[list[str], Meta(description="`unsupported_media_type`: the media types taken.")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    amount_min_micros: (
+        Annotated[int, Meta(description="`validation_failed` of a card top-up: its bounds.")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    amount_max_micros: (
+        Annotated[int, Meta(description="`validation_failed` of a card top-up: its bounds.")]
+        | msgspec.UnsetType
+    ) = _UNSET
+    retry_after_s: (
+        Annotated[
+            int,
+            Meta(description="429 and 503: seconds to wait before retrying (as `Retry-After`)."),
+        ]
+        | msgspec.UnsetType
+    ) = _UNSET
 
 
 def _description(status: int) -> str:
@@ -403,7 +519,31 @@ def document_page_names(document: OpenAPI) -> None:
     _renamed_refs(document, names, set())
 
 
-def complete_openapi(app: Litestar) -> None:
+def document_examples(document: OpenAPI, examples: dict[str, dict[str, Any]]) -> None:
+    """Examples by operation id: `{"request": value, "responses": {status: {name: value}}}`."""
+    known = set()
+    for operation in _operations(document):
+        entry = examples.get(operation.operation_id or "")
+        if entry is None:
+            continue
+        known.add(operation.operation_id)
+        body = operation.request_body
+        if "request" in entry and body is not None and not isinstance(body, Reference):
+            for media in (body.content or {}).values():
+                media.example = entry["request"]
+        for status, named in entry.get("responses", {}).items():
+            response = (operation.responses or {}).get(status)
+            assert isinstance(response, Response), (operation.operation_id, status)
+            for media in (response.content or {}).values():
+                media.examples = {
+                    name: Example(summary=name.replace("_", " "), value=value)
+                    for name, value in named.items()
+                }
+    missing = set(examples) - known
+    assert not missing, f"examples for unknown operations: {missing}"
+
+
+def complete_openapi(app: Litestar, *, examples: dict[str, dict[str, Any]] | None = None) -> None:
     """Complete the app's document in place, before it is first served."""
     document = app.openapi_schema
     document_problems(document)
@@ -411,4 +551,5 @@ def complete_openapi(app: Litestar) -> None:
     document_exact_integer_bounds(document)
     document_idempotency(app, document)
     document_page_names(document)
+    document_examples(document, examples or {})
     app.state[QUERY_PARAMETERS_STATE_KEY] = query_parameters_of(document)

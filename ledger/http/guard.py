@@ -57,6 +57,9 @@ SERVER_HEADER_BYTES_MIN = 64 * 1024
 
 
 class HeadersTooLarge(LedgerError):
+    """The request line and headers exceed `LEDGER_REQUEST_HEADER_BYTES_MAX` bytes, or
+    there are more than `LEDGER_REQUEST_HEADERS_COUNT_MAX` headers."""
+
     code = "headers_too_large"
     status = 431
     title = "Request headers too large"
@@ -123,6 +126,10 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 class UnsupportedMediaType(LedgerError):
+    """The body was not sent as JSON: send `Content-Type: application/json` (or
+    `application/*+json`; a charset other than UTF-8 is refused). `accepted` lists the
+    media types taken. Nothing was written."""
+
     code = "unsupported_media_type"
     status = 415
     title = "The request body must be JSON"

@@ -9,10 +9,12 @@ with nothing from the request echoed back.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
 import asyncpg
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -29,9 +31,17 @@ from ledger.errors import (
     NotFound,
     ServiceUnavailable,
     ValidationFailed,
+    problem_type,
 )
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "WWW_AUTHENTICATE", "exception_handlers", "problem_response"]
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "WWW_AUTHENTICATE",
+    "ProblemInfo",
+    "exception_handlers",
+    "problem_catalogue",
+    "problem_response",
+]
 
 log = logging.getLogger("ledger.errors")
 
@@ -66,12 +76,21 @@ WWW_AUTHENTICATE = 'Bearer realm="credit-ledger"'
 
 def _domain(request: Request[Any, Any, Any], exc: LedgerError) -> Response[dict[str, Any]]:
     headers = dict(exc.headers)
-    if isinstance(exc, ServiceUnavailable):
-        # Every 503 tells the client when to come back, however it was raised.
+    if exc.status in (429, 503):
+        # Every 429 and 503 tells the client when to come back, however it was
+        # raised: in the header, and in the body for clients that read only that.
         headers.setdefault("Retry-After", str(limits.RETRY_AFTER_S))
     if exc.status == 401:
         headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
-    return problem_response(exc.status, exc.problem(request.url.path), headers or None)
+    body = exc.problem(request.url.path, base_url=_base_url(request))
+    if "Retry-After" in headers and headers["Retry-After"].isdigit():
+        body.setdefault("retry_after_s", int(headers["Retry-After"]))
+    return problem_response(exc.status, body, headers or None)
+
+
+def _base_url(request: Request[Any, Any, Any]) -> str:
+    settings = request.app.state.get("settings")
+    return str(getattr(settings, "base_url", ""))
 
 
 def _validation(
@@ -102,7 +121,7 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
         return _domain(request, ValidationFailed("the request body is not valid JSON"))
     code = _HTTP_CODES.get(status, "bad_request")
     body = {
-        "type": f"https://errors.credit-ledger.dev/{code}",
+        "type": problem_type(code, _base_url(request)),
         "title": code.replace("_", " ").capitalize(),
         "status": status,
         "code": code,
@@ -144,7 +163,7 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[
         return _database(request, exc)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = {
-        "type": "https://errors.credit-ledger.dev/internal_error",
+        "type": problem_type("internal_error", _base_url(request)),
         "title": "Internal error",
         "status": 500,
         "code": "internal_error",
@@ -152,6 +171,60 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[
         "instance": request.url.path,
     }
     return problem_response(500, body)
+
+
+class ProblemInfo(msgspec.Struct, frozen=True):
+    code: str
+    status: int
+    title: str
+    description: str
+
+
+# Codes the framework's own refusals carry (no domain class raises them).
+_FRAMEWORK_PROBLEMS = (
+    ProblemInfo(
+        "bad_request",
+        400,
+        "Bad request",
+        "The request could not be understood at the HTTP level. Fix it; retrying it "
+        "unchanged gives the same answer.",
+    ),
+    ProblemInfo(
+        "method_not_allowed",
+        405,
+        "Method not allowed",
+        "The path exists but does not take this method; the `Allow` header lists the "
+        "methods it takes.",
+    ),
+    ProblemInfo(
+        "internal_error",
+        500,
+        "Internal error",
+        "An unexpected fault in the service, logged with its traceback. Nothing from the "
+        "request is echoed. Retrying with the same idempotency key is safe.",
+    ),
+)
+
+
+def _subclasses(cls: type[LedgerError]) -> list[type[LedgerError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
+def problem_catalogue() -> dict[str, ProblemInfo]:
+    """Every problem code the service can answer, with what it means: the page
+    each problem's `type` URI names. A domain error documents its code in its
+    class docstring (of the classes raising one code, the most derived describes it)."""
+    catalogue: dict[str, ProblemInfo] = {}
+    for cls in _subclasses(LedgerError)[1:]:
+        doc = inspect.getdoc(cls) or ""
+        if doc and cls.__doc__:  # its own docstring, not one inherited
+            catalogue[cls.code] = ProblemInfo(cls.code, cls.status, cls.title, doc)
+    for info in _FRAMEWORK_PROBLEMS:
+        catalogue.setdefault(info.code, info)
+    return dict(sorted(catalogue.items()))
 
 
 def exception_handlers() -> dict[type[Exception] | int, Any]:

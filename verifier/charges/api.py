@@ -88,7 +88,14 @@ class MerchantController(Controller):
             raise NotFound("no such merchant")
         return await read_own_merchant(_ctx(request).pool, merchant_id)
 
-    @get("/me", operation_id="getOwnMerchant", summary="The calling merchant and its revenue")
+    @get(
+        "/me",
+        operation_id="getOwnMerchant",
+        description=(
+            "The calling merchant, its revenue account's balance and the amount still held for it."
+        ),
+        summary="The calling merchant and its revenue",
+    )
     async def get_own_merchant(
         self, request: Request[Any, Any, Any], principal: Auth
     ) -> MerchantView:
@@ -103,6 +110,16 @@ class ChargeController(Controller):
 
     @post(
         operation_id="createCharge",
+        description=(
+            "Verify-and-debit. The credit token is checked offline (signature, time window, "
+            "audience = this merchant, tool, `max_per_call`), then in one database round trip its "
+            "cap, every ancestor's cap and the account's balance are checked and debited, the "
+            "merchant is credited and the journal written; the answer carries a signed receipt. 201"
+            " for a new charge; 200 with the original receipt for a retry with the same idempotency"
+            " key (`Idempotency-Key` header or the body's `idempotency_key`, one of them required, "
+            "equal if both). A limit hit is 402 `budget_exhausted`, saying which limit and what "
+            "helps."
+        ),
         responses={**problem_responses(402, 409, 429), **replay_response(charges.ChargeOut)},
         summary="Verify a credit token and debit it (merchant)",
         status_code=201,
@@ -118,7 +135,14 @@ class ChargeController(Controller):
         result, new = await charges.charge(_ctx(request), await _merchant(request, principal), data)
         return created(result, f"/v1/charges/{result.charge_id}", new=new)
 
-    @get(operation_id="listCharges", summary="The calling merchant's charges, newest first")
+    @get(
+        operation_id="listCharges",
+        description=(
+            "The calling merchant's charges and captures, newest first, with what was refunded of "
+            "each."
+        ),
+        summary="The calling merchant's charges, newest first",
+    )
     async def list_charges(
         self,
         request: Request[Any, Any, Any],
@@ -129,7 +153,12 @@ class ChargeController(Controller):
         merchant = await _merchant(request, principal)
         return await views.list_charges(_ctx(request).pool, merchant, cursor=cursor, limit=limit)
 
-    @get("/{charge_id:uuid}", operation_id="getCharge", summary="One of the merchant's charges")
+    @get(
+        "/{charge_id:uuid}",
+        operation_id="getCharge",
+        description="One of the calling merchant's charges; another merchant's answers 404.",
+        summary="One of the merchant's charges",
+    )
     async def get_charge(
         self, request: Request[Any, Any, Any], charge_id: FromPath[uuid.UUID], principal: Auth
     ) -> views.ChargeView:
@@ -139,6 +168,11 @@ class ChargeController(Controller):
     @post(
         "/{charge_id:uuid}/refunds",
         operation_id="createRefund",
+        description=(
+            "Returns part or all of a charge to the wallet and to the credit token's budget (and "
+            "its ancestors'); never more than was charged in total. Idempotent by key like a "
+            "charge. `Location` names the refunded charge."
+        ),
         responses={**problem_responses(409, 429), **replay_response(charges.RefundOut)},
         summary="Refund part or all of a charge (merchant)",
         status_code=201,
@@ -164,6 +198,12 @@ class HoldController(Controller):
 
     @post(
         operation_id="createHold",
+        description=(
+            "Reserves up to `amount_micros` on the credit token (and its ancestors) and the wallet,"
+            " for a call priced afterwards. Capture at most that, or void; a hold neither captured "
+            "nor voided within `expires_in_s` (default 300 s) is released by the service itself. "
+            "Idempotent by key like a charge."
+        ),
         responses={**problem_responses(402, 409, 429), **replay_response(charges.HoldOut)},
         summary="Authorize up to a maximum (merchant)",
         status_code=201,
@@ -180,7 +220,12 @@ class HoldController(Controller):
         result, new = await charges.place_hold(_ctx(request), merchant, data)
         return created(result, f"/v1/holds/{result.hold_id}", new=new)
 
-    @get("/{hold_id:uuid}", operation_id="getHold", summary="One of the merchant's holds")
+    @get(
+        "/{hold_id:uuid}",
+        operation_id="getHold",
+        description="One of the calling merchant's holds and what became of it.",
+        summary="One of the merchant's holds",
+    )
     async def get_hold(
         self, request: Request[Any, Any, Any], hold_id: FromPath[uuid.UUID], principal: Auth
     ) -> views.HoldView:
@@ -190,6 +235,12 @@ class HoldController(Controller):
     @post(
         "/{hold_id:uuid}/capture",
         operation_id="captureHold",
+        description=(
+            "Posts at most the held amount and releases the rest at once. Capturing again with the "
+            "same amount answers the same capture; another amount, or a hold that is no longer "
+            "pending, is 409 `hold_not_pending`; more than was held is 409 `capture_exceeds_hold` "
+            "(the hold stays pending)."
+        ),
         responses=problem_responses(409, 429),
         summary="Capture up to the held amount",
         status_code=200,
@@ -210,6 +261,10 @@ class HoldController(Controller):
     @post(
         "/{hold_id:uuid}/void",
         operation_id="voidHold",
+        description=(
+            "Releases a pending hold in full. A hold already captured, voided or expired is 409 "
+            "`hold_not_pending` with its `hold_status`."
+        ),
         responses=problem_responses(409),
         summary="Release a hold",
         status_code=200,

@@ -16,6 +16,7 @@ from ledger.db.pool import CONNECTION_ERRORS
 from ledger.db.queries import load_queries
 from verifier.charges.batcher import ChargeBatcher
 from verifier.charges.merchants import MerchantCache
+from verifier.errors import TopupAdvice
 from verifier.receipts import Receipt, sign_receipt
 from verifier.tokens import (
     CreditTokenClaims,
@@ -50,7 +51,7 @@ VERIFIED_CACHE_SIZE_MAX = 10_000
 @dataclass
 class ChargeContext:
     pool: asyncpg.Pool
-    topup_url: str
+    topup: TopupAdvice
     batcher: ChargeBatcher
     merchants: MerchantCache = field(default_factory=MerchantCache)
     keyrings: KeyRingCache = field(default_factory=KeyRingCache)
@@ -63,9 +64,9 @@ class ChargeContext:
 
     @classmethod
     async def start(
-        cls, pool: asyncpg.Pool, *, topup_url: str, sweep_interval_s: float
+        cls, pool: asyncpg.Pool, *, topup: TopupAdvice, sweep_interval_s: float
     ) -> ChargeContext:
-        ctx = cls(pool=pool, topup_url=topup_url, batcher=ChargeBatcher(pool))
+        ctx = cls(pool=pool, topup=topup, batcher=ChargeBatcher(pool))
         await ctx.reload_keys()
         ctx.batcher.start()
         ctx._sweeper = asyncio.create_task(ctx._sweep(sweep_interval_s))

@@ -28,6 +28,7 @@ from verifier.charges.context import ChargeContext
 from verifier.charges.merchants import Merchant
 from verifier.errors import (
     BudgetExhausted,
+    CaptureExceedsHold,
     HoldNotPending,
     RefundExceedsCharge,
     TokenExpired,
@@ -162,7 +163,7 @@ def _refusal(outcome: str, row: Any, *, required: int, ctx: ChargeContext) -> Le
             available=max(0, int(row["available"])),
             token_id=str(row["token_jti"]),
             account_id=str(row["account_id"]),
-            topup_url=ctx.topup_url,
+            topup=ctx.topup,
         )
     raise AssertionError(f"unexpected charge outcome {outcome!r}")
 
@@ -183,7 +184,7 @@ def _max_per_call(claims: CreditTokenClaims, amount: int, ctx: ChargeContext) ->
             available=claims.max_per_call,
             token_id=str(claims.jti),
             account_id=str(claims.sub),
-            topup_url=ctx.topup_url,
+            topup=ctx.topup,
         )
 
 
@@ -341,10 +342,12 @@ async def capture_hold(
     if outcome in ("hold_not_pending", "hold_expired"):
         raise HoldNotPending(f"the hold is {result['status']}", hold_status=result["status"])
     if outcome == "exceeds_hold":
-        raise HoldNotPending(
-            f"the hold reserved {result['available']} micro-USD; capture at most that",
-            hold_status="pending",
+        raise CaptureExceedsHold(
+            f"the hold reserved {result['available']} micro-USD; capture at most that "
+            "(it stays pending)",
+            required=body.amount_micros,
             available=result["available"],
+            unit="micro_usd",
         )
     assert outcome in ("created", "exists"), outcome
     held = await ctx.pool.fetchval("SELECT amount_micros FROM holds WHERE id = $1", hold_id)

@@ -78,6 +78,9 @@ class BudgetRefusal(msgspec.Struct, frozen=True, kw_only=True):
     available: int
     token_id: str
     account_id: str
+    # What helps: "top_up" (then topup_url/topup_methods are set), "new_credit_token"
+    # (ask the owner), or "cheaper_call".
+    action: str
     topup_url: str
     topup_methods: list[str]
     detail: str
@@ -122,6 +125,7 @@ def budget_exhausted(outcome: object) -> BudgetRefusal | None:
         available=int(problem.get("available", 0)),
         token_id=str(problem.get("token_id", "")),
         account_id=str(problem.get("account_id", "")),
+        action=str(problem.get("action", "")),
         topup_url=str(topup.get("url", "")),
         topup_methods=[str(m) for m in topup.get("methods", [])],
         detail=str(problem.get("detail", "")),

@@ -189,9 +189,8 @@ def refusal_result(problem: Mapping[str, Any]) -> CallToolResult:
     text = f"{problem.get('title', 'Refused')}: {problem.get('detail', '')}".rstrip(": ")
     if not text.endswith((".", "!", "?")):
         text += "."
-    topup = problem.get("topup")
-    if problem.get("code") == "budget_exhausted" and isinstance(topup, Mapping):
-        text += f" Top up at {topup.get('url')} ({', '.join(topup.get('methods', []))}), or ask for a new credit token."
+    # A budget refusal's detail already says what helps (top up, a new credit token,
+    # a cheaper call), and its `topup` link exists only when topping up helps.
     return CallToolResult(
         content=[TextContent(type="text", text=text)],
         structured_content=dict(problem),
