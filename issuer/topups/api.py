@@ -196,7 +196,7 @@ class WalletController(Controller):
     @get(
         operation_id="listWallets",
         summary="Addresses linked to the owner's account",
-        description="Oldest first.",
+        description="The addresses linked to the owner's account (USDC they send is credited to it), oldest first.",
     )
     async def list_wallets(
         self,

@@ -12,7 +12,8 @@ _MERCHANT = "8a7d5e2c-1b3f-4e6a-9c8d-0f1e2d3c4b5a"
 _JTI = "c0ffee00-1234-4abc-8def-0123456789ab"
 _CHARGE = "5b1c9e7a-2d4f-4a6b-8c0e-1f2a3b4c5d6e"
 _HOLD = "9d8c7b6a-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
-_SERVICE = "https://ledger.example.com"
+# Relative: every URL the service gives out starts with its public URL (LEDGER_PUBLIC_URL).
+_SERVICE = ""
 _CREDIT_TOKEN = "v4.public.eyJqdGkiOiJjMGZmZWUwMC0xMjM0LTRhYmMtOGRlZi0wMTIzNDU2Nzg5YWIiLCJ…"  # noqa: S105 (an example, cut short)
 
 
