@@ -13,7 +13,6 @@ repr hides them and nothing here logs key material.
 from __future__ import annotations
 
 import secrets
-import time
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeAlias, get_args
@@ -31,7 +30,6 @@ __all__ = [
     "Executor",
     "RetireOutcome",
     "Signer",
-    "SignerCache",
     "SigningKeyInfo",
     "active_signer",
     "ensure_signing_keys",
@@ -45,7 +43,6 @@ queries = load_queries("issuer", "keys.sql")
 Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 PURPOSES: tuple[KeyPurpose, ...] = get_args(KeyPurpose)
-SIGNER_CACHE_TTL_S = 5.0
 
 
 class Signer:
@@ -145,25 +142,3 @@ async def retire_signing_key(conn: Connection, kid: str) -> RetireOutcome:
 async def list_signing_keys(conn: Executor) -> list[SigningKeyInfo]:
     rows = await conn.fetch(queries["list_keys"])
     return [SigningKeyInfo(**dict(row.items())) for row in rows]
-
-
-class SignerCache:
-    """The active signer per purpose, re-read at most every `ttl_s` seconds.
-
-    A stale signer is harmless: after a rotation its key is verify-only and what
-    it signs still verifies until the key is retired, which operators do only
-    well after rotating.
-    """
-
-    def __init__(self, *, ttl_s: float = SIGNER_CACHE_TTL_S) -> None:
-        self._ttl_s = ttl_s
-        self._signers: dict[str, tuple[float, Signer]] = {}
-
-    async def get(self, pool: Executor, purpose: KeyPurpose) -> Signer:
-        cached = self._signers.get(purpose)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._ttl_s:
-            return cached[1]
-        signer = await active_signer(pool, purpose)
-        self._signers[purpose] = (now, signer)
-        return signer

@@ -208,3 +208,48 @@ class AsgiThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+# The double-entry core's pending transfers, driven through its SQL functions
+# directly: the charge path places, posts and voids holds with these same
+# functions (`ledger_create_transfer`, `ledger_resolve_pending`), inside its own.
+
+
+async def create_transfer_or_hold(
+    conn: Conn,
+    *,
+    transfer_id: uuid.UUID,
+    debit_account_id: uuid.UUID,
+    credit_account_id: uuid.UUID,
+    amount: int,
+    code: str,
+    pending: bool = False,
+    timeout_s: int | None = None,
+) -> core.TransferOutcome:
+    outcome = await conn.fetchval(
+        "SELECT ledger_create_transfer($1, $2, $3, $4, $5, $6, $7, $8)",
+        transfer_id, debit_account_id, credit_account_id, amount, code, pending, timeout_s, {},
+    )  # fmt: skip
+    return core.TransferOutcome(outcome)
+
+
+async def post_pending(
+    conn: Conn, *, transfer_id: uuid.UUID, pending_id: uuid.UUID, code: str,
+    amount: int | None = None,
+) -> core.TransferOutcome:  # fmt: skip
+    outcome = await conn.fetchval(
+        "SELECT ledger_resolve_pending($1, $2, true, $3, $4, '{}'::jsonb, false)",
+        transfer_id, pending_id, amount, code,
+    )  # fmt: skip
+    return core.TransferOutcome(outcome)
+
+
+async def void_pending(
+    conn: Conn, *, transfer_id: uuid.UUID, pending_id: uuid.UUID, code: str,
+    allow_expired: bool = False,
+) -> core.TransferOutcome:  # fmt: skip
+    outcome = await conn.fetchval(
+        "SELECT ledger_resolve_pending($1, $2, false, NULL, $3, '{}'::jsonb, $4)",
+        transfer_id, pending_id, code, allow_expired,
+    )  # fmt: skip
+    return core.TransferOutcome(outcome)

@@ -11,7 +11,15 @@ import pytest
 from ledger.core import transfers as core
 from ledger.core.transfers import TransferOutcome as O
 from ledger.db.pool import Conn
-from tests.helpers import assert_invariants, balance, fund, new_wallet
+from tests.helpers import (
+    assert_invariants,
+    balance,
+    create_transfer_or_hold,
+    fund,
+    new_wallet,
+    post_pending,
+    void_pending,
+)
 
 
 async def test_transfer_moves_money_and_journal_matches(conn: Conn) -> None:
@@ -83,7 +91,7 @@ async def test_hold_post_partial_releases_rest(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=1_000)
     shop = await new_wallet(conn)
     hold = uuid.uuid4()
-    outcome = await core.create_transfer(
+    outcome = await create_transfer_or_hold(
         conn, transfer_id=hold, debit_account_id=alice, credit_account_id=shop, amount=400,
         code="hold", pending=True, timeout_s=60,
     )  # fmt: skip
@@ -92,16 +100,16 @@ async def test_hold_post_partial_releases_rest(conn: Conn) -> None:
     assert account is not None and (account.balance, account.available) == (1_000, 600)
     post = uuid.uuid4()
     assert (
-        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="post")
+        await post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="post")
         is O.created
     )
     assert (
-        await core.post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="post")
+        await post_pending(conn, transfer_id=post, pending_id=hold, amount=150, code="post")
         is O.exists
     )
-    again = await core.post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="post")
+    again = await post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="post")
     assert again is O.pending_transfer_already_posted
-    void = await core.void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="void")
+    void = await void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="void")
     assert void is O.pending_transfer_already_posted
     account = await core.get_account(conn, alice)
     assert account is not None and (account.balance, account.available) == (850, 850)
@@ -113,21 +121,20 @@ async def test_post_more_than_held_is_refused(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=1_000)
     shop = await new_wallet(conn)
     hold = uuid.uuid4()
-    await core.create_transfer(
+    await create_transfer_or_hold(
         conn, transfer_id=hold, debit_account_id=alice, credit_account_id=shop, amount=100,
         code="hold", pending=True,
     )  # fmt: skip
-    too_much = await core.post_pending(
+    too_much = await post_pending(
         conn, transfer_id=uuid.uuid4(), pending_id=hold, amount=101, code="c"
     )
     assert too_much is O.exceeds_pending_transfer_amount
-    not_pending = await core.post_pending(
+    not_pending = await post_pending(
         conn, transfer_id=uuid.uuid4(), pending_id=uuid.uuid4(), code="c"
     )
     assert not_pending is O.pending_transfer_not_found
     assert (
-        await core.void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="v")
-        is O.created
+        await void_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="v") is O.created
     )
     account = await core.get_account(conn, alice)
     assert account is not None and (account.balance, account.available) == (1_000, 1_000)
@@ -137,7 +144,7 @@ async def test_post_more_than_held_is_refused(conn: Conn) -> None:
 async def test_holds_count_against_available_balance(conn: Conn) -> None:
     alice = await new_wallet(conn, funds=100)
     shop = await new_wallet(conn)
-    hold = await core.create_transfer(
+    hold = await create_transfer_or_hold(
         conn, transfer_id=uuid.uuid4(), debit_account_id=alice, credit_account_id=shop, amount=80,
         code="hold", pending=True,
     )  # fmt: skip
@@ -159,27 +166,25 @@ async def test_journal_is_immutable(conn: Conn) -> None:
         await conn.execute("TRUNCATE transfers CASCADE")
 
 
-async def test_expired_holds_are_released_by_the_sweeper(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        alice = await new_wallet(conn, funds=100)
-        shop = await new_wallet(conn)
-        hold = uuid.uuid4()
-        await core.create_transfer(
-            conn, transfer_id=hold, debit_account_id=alice, credit_account_id=shop, amount=60,
-            code="hold", pending=True, timeout_s=1,
-        )  # fmt: skip
+async def test_an_expired_hold_cannot_be_posted_only_voided(conn: Conn) -> None:
+    alice = await new_wallet(conn, funds=100)
+    shop = await new_wallet(conn)
+    hold = uuid.uuid4()
+    await create_transfer_or_hold(
+        conn, transfer_id=hold, debit_account_id=alice, credit_account_id=shop, amount=60,
+        code="hold", pending=True, timeout_s=1,
+    )  # fmt: skip
     await asyncio.sleep(1.1)
-    async with pool.acquire() as conn:
-        late = await core.post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="c")
-        assert late is O.pending_transfer_expired
-    assert await core.expire_pending(pool) == 1
-    assert await core.expire_pending(pool) == 0
-    async with pool.acquire() as conn:
-        account = await core.get_account(conn, alice)
-        assert account is not None and account.available == 100
-        code = await conn.fetchval("SELECT code FROM transfers WHERE pending_id = $1", hold)
-        assert code == "pending_expired"
-        await assert_invariants(conn)
+    late = await post_pending(conn, transfer_id=uuid.uuid4(), pending_id=hold, code="c")
+    assert late is O.pending_transfer_expired
+    void = uuid.uuid5(hold, "expired")
+    expired = await void_pending(
+        conn, transfer_id=void, pending_id=hold, code="pending_expired", allow_expired=True
+    )
+    assert expired is O.created
+    account = await core.get_account(conn, alice)
+    assert account is not None and account.available == 100
+    await assert_invariants(conn)
 
 
 async def test_concurrent_debits_never_overdraw(pool: asyncpg.Pool) -> None:

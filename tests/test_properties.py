@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ledger.core import transfers as core
 from ledger.core.transfers import TransferOutcome as O
 from ledger.db.pool import Conn
-from tests.helpers import assert_invariants
+from tests.helpers import assert_invariants, create_transfer_or_hold, post_pending, void_pending
 
 N_WALLETS = 4
 # A wallet index, or -1 for the adjustment clearing account (which may go negative).
@@ -75,7 +75,7 @@ async def _run(conn: Conn, ops: list[tuple[Any, ...]]) -> None:
                 transfer_id=tid, debit_account_id=account(op[1]), credit_account_id=account(op[2]),
                 amount=op[3], code="prop", pending=kind == "hold",
             )  # fmt: skip
-            outcome = await core.create_transfer(conn, **args)
+            outcome = await create_transfer_or_hold(conn, **args)
             if kind == "hold" and outcome is O.created:
                 holds.append(tid)
             if outcome is O.created:
@@ -86,20 +86,20 @@ async def _run(conn: Conn, ops: list[tuple[Any, ...]]) -> None:
                 pargs = dict(
                     transfer_id=uuid.uuid4(), pending_id=pending_id, amount=op[2], code="prop"
                 )
-                outcome = await core.post_pending(conn, **pargs)
+                outcome = await post_pending(conn, **pargs)
                 if outcome is O.created:
                     done.append(("post", pargs))
             else:
                 vargs = dict(transfer_id=uuid.uuid4(), pending_id=pending_id, code="prop")
-                outcome = await core.void_pending(conn, **vargs)
+                outcome = await void_pending(conn, **vargs)
                 if outcome is O.created:
                     done.append(("void", vargs))
         elif kind == "replay" and done:
             what, args = done[op[1] % len(done)]
             fn = {
-                "create": core.create_transfer,
-                "post": core.post_pending,
-                "void": core.void_pending,
+                "create": create_transfer_or_hold,
+                "post": post_pending,
+                "void": void_pending,
             }[what]
             outcome = await fn(conn, **args)  # type: ignore[operator]
             assert outcome is not O.created, "a replayed id never moves money again"

@@ -15,7 +15,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -313,30 +313,38 @@ async def load_keyring(pool: Executor) -> KeyRing:
 
 
 class KeyRingCache:
-    """A key ring re-read from the database at most every `ttl_s` seconds, or
-    sooner (at most every `reload_min_s`) when a token names a kid it lacks, so a
-    key rotated in by another process is picked up at once and a retired key
-    stops verifying within `ttl_s`. For the hot path; one per process.
+    """A key ring reloaded at most every `ttl_s` seconds, or sooner (at most every
+    `reload_min_s`) when a token names a kid it lacks, so a key rotated in by
+    another process is picked up at once and a retired key stops verifying within
+    `ttl_s`. The service loads it from the database (`load_keyring`, the default;
+    one per process, on the hot path); the client SDKs load the published keys
+    over HTTP (`verifier.sdk.merchant.KeyCache`). `get(source)` hands `source` to
+    the loader.
     """
 
     def __init__(
-        self, *, ttl_s: float = KEYRING_CACHE_TTL_S, reload_min_s: float = KEYRING_RELOAD_MIN_S
+        self,
+        *,
+        ttl_s: float = KEYRING_CACHE_TTL_S,
+        reload_min_s: float = KEYRING_RELOAD_MIN_S,
+        load: Callable[[Any], Awaitable[KeyRing]] | None = None,
     ) -> None:
         assert 0 <= reload_min_s <= ttl_s
         self._ttl_s = ttl_s
         self._reload_min_s = reload_min_s
+        self._load = load or load_keyring
         self._keyring: KeyRing | None = None
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
 
-    async def get(self, pool: Executor, *, kid: str | None = None) -> KeyRing:
+    async def get(self, source: Any, *, kid: str | None = None) -> KeyRing:
         """The key ring; pass the token's `kid` to reload early if it is unknown."""
         if not self._stale(kid):
             assert self._keyring is not None
             return self._keyring
         async with self._lock:
             if self._stale(kid):
-                self._keyring = await load_keyring(pool)
+                self._keyring = await self._load(source)
                 self._loaded_at = time.monotonic()
         assert self._keyring is not None
         return self._keyring

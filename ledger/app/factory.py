@@ -23,7 +23,6 @@ from ledger.app.examples import EXAMPLES
 from ledger.app.health import HealthController, liveness
 from ledger.app.pages import docs_config, page_handlers
 from ledger.config import ConfigError, Settings
-from ledger.core import transfers as core
 from ledger.core.api import AccountController
 from ledger.db.pool import CONNECTION_ERRORS, create_pool
 from ledger.http.apidoc import complete_openapi
@@ -58,16 +57,15 @@ API_DESCRIPTION = """Prepaid credit-token ledger for AI agents.
 """
 
 
-async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
-    """Release holds past their expiry, and forget idempotency keys past their
-    retention, whether or not any request arrives."""
+async def _idempotency_sweeper(app: Litestar, interval_s: float) -> None:
+    """Forget idempotency keys past their retention, whether or not any request
+    arrives. (Expired holds are released by the charge context's own sweeper.)"""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await core.expire_pending(app.state.pool)
             await purge_expired_keys(app.state.pool)
         except CONNECTION_ERRORS:
-            log.warning("expiry sweep skipped: database unavailable")
+            log.warning("idempotency sweep skipped: database unavailable")
 
 
 async def _ensure_signing_keys(app: Litestar) -> None:
@@ -90,7 +88,7 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
         acquire_timeout_s=settings.pool_acquire_timeout_s,
     )
     await _ensure_signing_keys(app)
-    sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
+    sweeper = asyncio.create_task(_idempotency_sweeper(app, settings.expiry_sweep_interval_s))
     from verifier.charges.context import ChargeContext
 
     app.state.charge_context = await ChargeContext.start(

@@ -36,12 +36,9 @@ __all__ = [
     "TransferOutcome",
     "create_account",
     "create_transfer",
-    "expire_pending",
     "get_account",
     "get_transfer",
     "list_account_transfers",
-    "post_pending",
-    "void_pending",
 ]
 
 queries = load_queries("ledger.core", "ledger.sql")
@@ -171,13 +168,11 @@ async def create_transfer(
     credit_account_id: uuid.UUID,
     amount: int,
     code: str,
-    pending: bool = False,
-    timeout_s: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> TransferOutcome:
-    """Move `amount` (or hold it, if `pending`) from debit to credit account."""
+    """Move `amount` from debit to credit account. (Holds are the charge path's:
+    `verifier.charges`, on the same SQL functions.)"""
     assert amount > 0, "amounts are validated at the boundary"
-    assert timeout_s is None or pending, "only pending transfers expire"
     outcome = await conn.fetchval(
         queries["create_transfer"],
         transfer_id,
@@ -185,55 +180,9 @@ async def create_transfer(
         credit_account_id,
         amount,
         code,
-        pending,
-        timeout_s,
-        metadata or {},
-    )
-    return TransferOutcome(outcome)
-
-
-async def post_pending(
-    conn: Conn,
-    *,
-    transfer_id: uuid.UUID,
-    pending_id: uuid.UUID,
-    code: str,
-    amount: int | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> TransferOutcome:
-    """Post `amount` (default: all) of a hold; the remainder is released."""
-    assert amount is None or amount > 0, "a zero capture is a void"
-    outcome = await conn.fetchval(
-        queries["resolve_pending"],
-        transfer_id,
-        pending_id,
-        True,
-        amount,
-        code,
-        metadata or {},
-        False,
-    )
-    return TransferOutcome(outcome)
-
-
-async def void_pending(
-    conn: Conn,
-    *,
-    transfer_id: uuid.UUID,
-    pending_id: uuid.UUID,
-    code: str,
-    metadata: dict[str, Any] | None = None,
-    allow_expired: bool = False,
-) -> TransferOutcome:
-    outcome = await conn.fetchval(
-        queries["resolve_pending"],
-        transfer_id,
-        pending_id,
         False,
         None,
-        code,
         metadata or {},
-        allow_expired,
     )
     return TransferOutcome(outcome)
 
@@ -243,27 +192,3 @@ async def list_account_transfers(
 ) -> list[Transfer]:
     rows = await conn.fetch(queries["list_account_transfers"], account_id, after_seq, limit)
     return [_transfer(row) for row in rows]
-
-
-# Holds the sweeper releases per pass; bounded so one pass is short.
-EXPIRE_BATCH_SIZE_MAX = 500
-
-
-async def expire_pending(pool: asyncpg.Pool, *, batch_size: int = EXPIRE_BATCH_SIZE_MAX) -> int:
-    """Void every hold past its expiry (one short transaction each); return how many."""
-    ids = [row["id"] for row in await pool.fetch(queries["expired_pending_ids"], batch_size)]
-    voided = 0
-    for pending_id in ids:
-        # The void's id derives from the hold's, so concurrent sweepers (one per
-        # worker process) collide on "exists" instead of racing.
-        void_id = uuid.uuid5(pending_id, "expired")
-        async with pool.acquire() as conn:
-            outcome = await void_pending(
-                conn,
-                transfer_id=void_id,
-                pending_id=pending_id,
-                code="pending_expired",
-                allow_expired=True,
-            )
-        voided += outcome is TransferOutcome.created
-    return voided

@@ -157,7 +157,3 @@ async def translate_connection_errors() -> AsyncIterator[None]:
         yield
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailable() from exc
-
-
-def record_to_dict(record: Any) -> dict[str, Any]:
-    return dict(record.items())

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -52,6 +51,7 @@ from verifier.receipts import verify_receipt
 from verifier.tokens import (
     CreditTokenClaims,
     KeyRing,
+    KeyRingCache,
     check_scope,
     token_kid,
     verify_credit_token,
@@ -275,8 +275,16 @@ class Refund(msgspec.Struct, frozen=True, kw_only=True):
 # ---- Published keys ---------------------------------------------------------------
 
 
+async def _published_keys(http: httpx.AsyncClient) -> KeyRing:
+    response = await send_with_retries(http, "GET", "/v1/keys", json=None, headers={})
+    if response.status_code != 200:
+        raise error_from_response(response)
+    return KeyRing.from_published(response.content)
+
+
 class KeyCache:
-    """The ledger's public keys (`GET /v1/keys`), cached; reloaded early on an unknown kid."""
+    """The ledger's public keys (`GET /v1/keys`), cached by the service's own
+    `KeyRingCache` logic: reloaded after `ttl_s`, or early on an unknown kid."""
 
     def __init__(
         self,
@@ -285,37 +293,12 @@ class KeyCache:
         ttl_s: float = KEYS_TTL_S,
         reload_min_s: float = KEYS_RELOAD_MIN_S,
     ) -> None:
-        assert 0 <= reload_min_s <= ttl_s
         self._http = http
-        self._ttl_s = ttl_s
-        self._reload_min_s = reload_min_s
-        self._keyring: KeyRing | None = None
-        self._loaded_at = 0.0
-        self._lock = asyncio.Lock()
+        self._rings = KeyRingCache(ttl_s=ttl_s, reload_min_s=reload_min_s, load=_published_keys)
 
     async def get(self, *, kid: str | None = None) -> KeyRing:
         """The key ring; pass a kid to reload early when it is unknown."""
-        if self._stale(kid):
-            async with self._lock:
-                if self._stale(kid):
-                    await self._load()
-        assert self._keyring is not None
-        return self._keyring
-
-    def _stale(self, kid: str | None) -> bool:
-        if self._keyring is None:
-            return True
-        age = time.monotonic() - self._loaded_at
-        if age >= self._ttl_s:
-            return True
-        return kid is not None and kid not in self._keyring and age >= self._reload_min_s
-
-    async def _load(self) -> None:
-        response = await send_with_retries(self._http, "GET", "/v1/keys", json=None, headers={})
-        if response.status_code != 200:
-            raise error_from_response(response)
-        self._keyring = KeyRing.from_published(response.content)
-        self._loaded_at = time.monotonic()
+        return await self._rings.get(self._http, kid=kid)
 
     async def verify_credit_token(self, credit_token: str) -> CreditTokenClaims:
         """Offline: format, known kid, signature, claims, time window."""

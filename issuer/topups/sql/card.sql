@@ -7,9 +7,6 @@ RETURNING event_id;
 -- name: set_event_outcome
 UPDATE stripe_events SET outcome = $2 WHERE event_id = $1;
 
--- name: get_event_outcome
-SELECT outcome FROM stripe_events WHERE event_id = $1;
-
 -- name: wallet_kind
 SELECT kind FROM accounts WHERE id = $1;
 

@@ -11,9 +11,6 @@ SELECT * FROM accounts WHERE id = $1;
 -- One round trip: checks, journal row and both balances (see ledger_create_transfer).
 SELECT ledger_create_transfer($1, $2, $3, $4, $5, $6, $7, $8);
 
--- name: resolve_pending
-SELECT ledger_resolve_pending($1, $2, $3, $4, $5, $6, $7);
-
 -- name: get_transfer
 SELECT * FROM transfers WHERE id = $1;
 
@@ -23,11 +20,3 @@ SELECT * FROM transfers
  WHERE (debit_account_id = $1 OR credit_account_id = $1) AND seq > $2
  ORDER BY seq
  LIMIT $3;
-
--- name: expired_pending_ids
--- Holds past their expiry that nobody posted or voided yet.
-SELECT p.id FROM transfers p
- WHERE p.kind = 'pending' AND p.expires_at <= now()
-   AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = p.id)
- ORDER BY p.expires_at
- LIMIT $1;
