@@ -19,7 +19,7 @@ import nacl.signing
 
 from verifier import paseto
 from verifier.errors import TokenInvalid
-from verifier.tokens import KeyRing, encode_footer, parse_footer
+from verifier.tokens import KeyRing, TokenId, encode_footer, parse_footer
 
 __all__ = ["Receipt", "ReceiptKind", "encode_facts", "sign_receipt", "verify_receipt"]
 
@@ -31,7 +31,7 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     kind: ReceiptKind
     charge_id: uuid.UUID
     transfer_id: uuid.UUID
-    token_id: uuid.UUID
+    token_id: TokenId
     account_id: uuid.UUID
     merchant_id: uuid.UUID
     tool: str

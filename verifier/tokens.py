@@ -55,6 +55,7 @@ __all__ = [
     "PublicKey",
     "PublishedKey",
     "PublishedKeys",
+    "TokenId",
     "ToolName",
     "audience_covers",
     "check_scope",
@@ -124,6 +125,15 @@ KeyState = Literal["active", "verify_only"]
 
 # ---- Claims ------------------------------------------------------------------
 
+
+# One id, two spellings, by where it appears: on a credit token itself it is `jti` (the
+# PASETO claim; `GET /v1/tokens/{jti}`); on anything that refers to a credit token
+# (a charge, hold, receipt or problem) it is `token_id`, like `account_id` and
+# `merchant_id`. Both hold the same value.
+TokenId = Annotated[
+    uuid.UUID,
+    Meta(description="The credit token's id: its `jti` claim (see `GET /v1/tokens/{jti}`)."),
+]
 
 class _Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The signed message of a credit token, exactly."""

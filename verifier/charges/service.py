@@ -37,7 +37,7 @@ from verifier.errors import (
     TokenRevoked,
 )
 from verifier.receipts import Receipt
-from verifier.tokens import CreditTokenClaims, ToolName, check_scope
+from verifier.tokens import CreditTokenClaims, TokenId, ToolName, check_scope
 
 __all__ = [
     "CaptureIn",
@@ -100,7 +100,7 @@ class HoldOut(msgspec.Struct, frozen=True):
     status: Literal["pending", "captured", "voided", "expired"]
     amount_micros: int
     expires_at: str
-    token_id: uuid.UUID
+    token_id: TokenId
     account_id: uuid.UUID
     merchant_id: uuid.UUID
     tool: str

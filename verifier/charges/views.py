@@ -17,6 +17,7 @@ from ledger.db.queries import load_queries
 from ledger.errors import NotFound
 from ledger.http.lists import Page, decode_cursor, page_of
 from verifier.charges.merchants import Merchant
+from verifier.tokens import TokenId
 
 __all__ = ["ChargeView", "HoldView", "list_charges", "read_charge", "read_hold"]
 
@@ -34,7 +35,7 @@ class ChargeView(msgspec.Struct, frozen=True, kw_only=True):
     amount_micros: int
     refunded_micros: int
     tool: str
-    token_id: uuid.UUID
+    token_id: TokenId
     account_id: uuid.UUID
     receipt_id: uuid.UUID
     metadata: dict[str, str]
@@ -48,7 +49,7 @@ class HoldView(msgspec.Struct, frozen=True, kw_only=True):
     amount_micros: int
     captured_micros: int | None
     charge_id: uuid.UUID | None
-    token_id: uuid.UUID
+    token_id: TokenId
     account_id: uuid.UUID
     merchant_id: uuid.UUID
     tool: str
