@@ -135,6 +135,7 @@ TokenId = Annotated[
     Meta(description="The credit token's id: its `jti` claim (see `GET /v1/tokens/{jti}`)."),
 ]
 
+
 class _Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The signed message of a credit token, exactly."""
 
