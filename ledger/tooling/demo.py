@@ -341,7 +341,7 @@ def run_demo(data_dir: Path | None) -> bool:
         )
         _step(1, "The operator starts the ledger on an embedded PostgreSQL")
         _line(f"data folder {folder}")
-        with database_dsn(settings, own_server=True) as dsn:
+        with database_dsn(settings, own_server=True, create=True) as dsn:
             asyncio.run(prepare_database(dsn))
             operator_key = asyncio.run(_operator_key(dsn))
             from ledger.app.factory import create_app
