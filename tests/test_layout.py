@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ROOMS_BOTTOM_UP = (
     "ledger",  # errors, limits, ids, settings
+    "ledger.observability",  # log lines, metrics, the request in flight
     "ledger.db",  # pool, migrations runner, named SQL, embedded PostgreSQL
     "ledger.access",  # API keys and roles
     "ledger.http",  # problems, request guard, strict bodies, OpenAPI helpers

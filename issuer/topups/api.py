@@ -85,6 +85,7 @@ class StripeWebhookController(Controller):
 
     @post(
         operation_id="stripeWebhook",
+        opt={"money": "topup_card"},
         summary="Stripe events (signed)",
         status_code=200,
         responses=problem_responses(400, 503),
@@ -153,6 +154,7 @@ class UsdcDepositController(Controller):
     @post(
         "/deposits/{deposit_id:uuid}/assign",
         operation_id="assignUsdcDeposit",
+        opt={"money": "topup_usdc"},
         summary="Credit an unattributed deposit to an account (operator)",
         status_code=200,
     )

@@ -20,14 +20,17 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from ledger.access.api_keys import AuthCache
 from ledger.app.health import HealthController, liveness
+from ledger.app.monitoring import metrics_endpoint, readiness
 from ledger.config import ConfigError, Settings
 from ledger.core import transfers as core
 from ledger.core.api import AccountController
-from ledger.db.pool import CONNECTION_ERRORS, create_pool
+from ledger.db.pool import CONNECTION_ERRORS, BoundedPool, create_pool
 from ledger.http.apidoc import complete_openapi
 from ledger.http.guard import LedgerRequest, RequestGuard
+from ledger.http.observe import RequestObserver
 from ledger.http.params import dependencies
 from ledger.http.problems import exception_handlers
+from ledger.observability import metrics
 
 __all__ = ["API_VERSION", "create_app", "openapi_document"]
 
@@ -44,6 +47,22 @@ async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
             await core.expire_pending(app.state.pool)
         except CONNECTION_ERRORS:
             log.warning("expiry sweep skipped: database unavailable")
+
+
+POOL_SAMPLE_INTERVAL_S = 1.0
+
+
+async def _sample_pool(app: Litestar) -> None:
+    """This worker's pool and charge queue, as gauges (each worker reports its own)."""
+    pool = app.state.pool
+    while True:
+        metrics.observe_pool(
+            size=pool.get_size(),
+            idle=pool.get_idle_size(),
+            size_max=pool.get_max_size(),
+            waiting=pool.waiting() if isinstance(pool, BoundedPool) else 0,
+        )
+        await asyncio.sleep(POOL_SAMPLE_INTERVAL_S)
 
 
 async def _ensure_signing_keys(app: Litestar) -> None:
@@ -67,6 +86,7 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
     )
     await _ensure_signing_keys(app)
     sweeper = asyncio.create_task(_expiry_sweeper(app, settings.expiry_sweep_interval_s))
+    sampler = asyncio.create_task(_sample_pool(app))
     from verifier.charges.context import ChargeContext
 
     app.state.charge_context = await ChargeContext.start(
@@ -78,10 +98,12 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await app.state.charge_context.stop()
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, sampler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await app.state.pool.close()
+        metrics.process_exit()
 
 
 def _openapi_config() -> OpenAPIConfig:
@@ -119,7 +141,13 @@ _FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "issuer.topups.api", "ver
 def _route_handlers() -> list[Any]:
     import importlib
 
-    handlers: list[Any] = [HealthController, liveness, AccountController]
+    handlers: list[Any] = [
+        HealthController,
+        liveness,
+        readiness,
+        metrics_endpoint,
+        AccountController,
+    ]
     for module in _FEATURE_API_MODULES:
         handlers.extend(importlib.import_module(module).routes)
     return handlers
@@ -136,6 +164,7 @@ def _feature_lifespans() -> list[Any]:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    metrics.setup()
     config = AppConfig(
         route_handlers=_route_handlers(),
         dependencies=dict(dependencies),
@@ -143,7 +172,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_database, *_feature_lifespans()],
         openapi_config=_openapi_config(),
         request_max_body_size=settings.request_body_bytes_max,
-        middleware=[RequestGuard(settings)],
+        # The guard first: what it refuses never reaches the handlers or the metrics.
+        middleware=[RequestGuard(settings), RequestObserver(settings)],
         request_class=LedgerRequest,
         state=State({"settings": settings, "auth_cache": AuthCache()}),
         debug=False,

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,14 +29,14 @@ from ledger.core import transfers as core
 from ledger.core.audit import run_audit
 from ledger.db.migrate import MigrationError
 from ledger.db.pool import connect, mask_dsn
+from ledger.observability.logs import formatter_for, log_config
+from ledger.observability.metrics import prepare_multiprocess_dir
 from ledger.tooling.demo import demo_command
 
 __all__ = ["main"]
 
 log = logging.getLogger("ledger.cli.main")
 T = TypeVar("T")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -68,7 +69,9 @@ def _print_json(value: Any) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Prepaid credit-token ledger for AI agents."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter_for(_settings().log_format))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 @main.command()
@@ -104,17 +107,21 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
         log.info("database: %s", mask_dsn(dsn))
         log.info("API docs: %s/docs", settings.base_url)
         os.environ["DATABASE_URL"] = dsn
-        uvicorn.run(
-            "ledger.app.factory:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level="info",
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            **server_options(settings),
-        )
+        # Every worker writes its metrics here; emptied now, before any worker starts.
+        with tempfile.TemporaryDirectory(prefix="ledger-metrics-") as metrics_dir:
+            prepare_multiprocess_dir(Path(metrics_dir))
+            uvicorn.run(
+                "ledger.app.factory:create_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_config=log_config(settings.log_format, settings.log_level),
+                # Our own access log (LEDGER_ACCESS_LOG) carries the request id.
+                access_log=False,
+                timeout_graceful_shutdown=10,
+                **server_options(settings),
+            )
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

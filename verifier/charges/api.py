@@ -76,6 +76,7 @@ class ChargeController(Controller):
 
     @post(
         operation_id="createCharge",
+        opt={"money": "charge"},
         responses={**problem_responses(402, 409, 429), **replay_response(charges.ChargeOut)},
         summary="Verify a credit token and debit it (merchant)",
         status_code=201,
@@ -115,6 +116,7 @@ class ChargeController(Controller):
     @post(
         "/{charge_id:uuid}/refunds",
         operation_id="createRefund",
+        opt={"money": "refund"},
         responses={**problem_responses(409, 429), **replay_response(charges.RefundOut)},
         summary="Refund part or all of a charge (merchant)",
         status_code=201,
@@ -139,6 +141,7 @@ class HoldController(Controller):
 
     @post(
         operation_id="createHold",
+        opt={"money": "hold"},
         responses={**problem_responses(402, 409, 429), **replay_response(charges.HoldOut)},
         summary="Authorize up to a maximum (merchant)",
         status_code=201,
@@ -162,6 +165,7 @@ class HoldController(Controller):
     @post(
         "/{hold_id:uuid}/capture",
         operation_id="captureHold",
+        opt={"money": "capture"},
         responses=problem_responses(409, 429),
         summary="Capture up to the held amount",
         status_code=200,
@@ -181,6 +185,7 @@ class HoldController(Controller):
     @post(
         "/{hold_id:uuid}/void",
         operation_id="voidHold",
+        opt={"money": "void"},
         responses=problem_responses(409),
         summary="Release a hold",
         status_code=200,
