@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import asyncpg
 import msgspec
-from litestar import Request, Response, get
+from litestar import MediaType, Request, Response, get
 
 from ledger.access.api_keys import AuthCache, Role, require_role
 from ledger.config import Settings
@@ -99,8 +99,10 @@ async def _samples(request: Request[Any, Any, Any], pool: asyncpg.Pool) -> list[
         "operator API key by default (`LEDGER_METRICS_ACCESS`)."
     ),
     tags=["health"],
+    media_type=MediaType.TEXT,
     responses=problem_responses(401, 403),
-    security=[{"apiKey": []}],
+    # Anonymous (from loopback, by default) or the operator API key.
+    security=[{}, {"apiKey": []}],
 )
 async def metrics_endpoint(request: Request[Any, Any, Any], pool: Pool) -> Response[bytes]:
     await _may_scrape(request, pool)

@@ -14,14 +14,26 @@ children, and one `logging` call (skipped when INFO is off).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ledger.observability import context, metrics
 
-__all__ = ["MONEY_LOGGER", "moved", "note", "refused"]
+__all__ = ["MONEY_LOGGER", "RefusalSink", "add_refusal_sink", "moved", "note", "refused"]
 
 MONEY_LOGGER = "ledger.money"
 log = logging.getLogger(MONEY_LOGGER)
+
+# Called with each refusal's fields (e.g. to keep recent refusals for the dashboard);
+# must be quick and must not raise: it runs while the response is built.
+RefusalSink = Callable[[dict[str, Any]], None]
+_refusal_sinks: list[RefusalSink] = []
+
+
+def add_refusal_sink(sink: RefusalSink) -> Callable[[], None]:
+    """Register `sink`; returns the function that removes it again."""
+    _refusal_sinks.append(sink)
+    return lambda: _refusal_sinks.remove(sink)
 
 
 def note(**facts: Any) -> None:
@@ -48,7 +60,7 @@ def moved(
     ctx = context.current()
     if ctx is not None:
         ctx.logged = True
-    if not log.isEnabledFor(logging.INFO):
+    if not (_refusal_sinks or log.isEnabledFor(logging.INFO)):
         return
     fields = {
         "event": kind,
@@ -75,7 +87,7 @@ def refused(*, code: str, status: int, extra: dict[str, Any]) -> None:
     limit = extra.get("limit")
     metrics.observe_refusal(kind, code, limit if isinstance(limit, str) else "")
     ctx.logged = True
-    if not log.isEnabledFor(logging.INFO):
+    if not (_refusal_sinks or log.isEnabledFor(logging.INFO)):
         return
     fields = {
         "event": kind,
@@ -93,4 +105,7 @@ def refused(*, code: str, status: int, extra: dict[str, Any]) -> None:
         "available": extra.get("available"),
         "latency_ms": ctx.latency_ms(),
     }
-    log.info("%s refused %s", kind, code, extra={"fields": fields})
+    for sink in _refusal_sinks:
+        sink(fields)
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s refused %s", kind, code, extra={"fields": fields})
