@@ -25,7 +25,9 @@ ROOMS_BOTTOM_UP = (
     "verifier.charges",  # verify-and-debit: the hot path
     "issuer",  # signing keys, credit tokens
     "issuer.topups",  # card and USDC top-ups
+    "ledger.usage",  # usage roll-up, analytics, exports, operator lists
     "verifier.sdk",  # code that runs in other people's processes
+    "ledger.dashboard",  # the web dashboard (server-rendered pages)
     "ledger.app",  # the HTTP app assembly
     "ledger.tooling",  # bench, torture, demo, load generator
     "ledger.cli",  # the `ledger` command

@@ -135,7 +135,13 @@ def _openapi_config() -> OpenAPIConfig:
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
 # module; the assembly lists them here and nowhere else.
-_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "issuer.topups.api", "verifier.charges.api")
+_FEATURE_API_MODULES: tuple[str, ...] = (
+    "issuer.api",
+    "issuer.topups.api",
+    "verifier.charges.api",
+    "ledger.usage.api",
+    "ledger.dashboard.api",
+)
 
 
 def _route_handlers() -> list[Any]:

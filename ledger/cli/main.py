@@ -29,6 +29,7 @@ from ledger.core import transfers as core
 from ledger.core.audit import run_audit
 from ledger.db.migrate import MigrationError
 from ledger.db.pool import connect, mask_dsn
+from ledger.errors import LedgerError
 from ledger.observability.logs import formatter_for, log_config
 from ledger.observability.metrics import prepare_multiprocess_dir
 from ledger.tooling.demo import demo_command
@@ -233,6 +234,66 @@ def accounts_transfers(account_id: uuid.UUID, after: int, limit: int) -> None:
     _print_json(_with_connection(_settings(), work))
 
 
+def _list_command(listing: str, extra: dict[str, Any], limit: int, cursor: str | None,
+                  as_json: bool) -> None:  # fmt: skip
+    from ledger.usage import reports
+
+    async def work(conn: asyncpg.Connection) -> reports.Page:
+        return await reports.list_rows(conn, listing, reports.Filters(), limit=limit,  # type: ignore[arg-type]
+                                       cursor=cursor, extra=extra)  # fmt: skip
+
+    try:
+        page = _with_connection(_settings(), work)
+    except LedgerError as exc:
+        raise click.ClickException(exc.detail) from exc
+    if as_json:
+        _print_json(page)
+        return
+    for row in page.data:
+        balance = row.get("balance_micros", row.get("revenue_balance_micros"))
+        kind = row.get("kind", "merchant")
+        click.echo(f"{row['id']}  {kind:<19} {balance:>18,} µUSD  {row['name']}")
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}")
+
+
+_LIST_LIMIT = click.option(
+    "--limit", type=click.IntRange(1, limits.PAGE_SIZE_MAX), default=limits.PAGE_SIZE_DEFAULT,
+    show_default=True,
+)  # fmt: skip
+_LIST_CURSOR = click.option("--cursor", help="`next_cursor` of the previous page.")
+_LIST_SEARCH = click.option("--search", help="Case-insensitive part of the name.")
+_LIST_JSON = click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
+
+
+@accounts_group.command("list")
+@_LIST_SEARCH
+@click.option("--kind", type=click.Choice([k.value for k in core.AccountKind]))
+@_LIST_LIMIT
+@_LIST_CURSOR
+@_LIST_JSON
+def accounts_list(
+    search: str | None, kind: str | None, limit: int, cursor: str | None, as_json: bool
+) -> None:
+    """Accounts with balances, by name (operator)."""
+    _list_command("accounts", {"q": search, "kind": kind}, limit, cursor, as_json)
+
+
+@main.group("merchants")
+def merchants_group() -> None:
+    """Merchants (operator)."""
+
+
+@merchants_group.command("list")
+@_LIST_SEARCH
+@_LIST_LIMIT
+@_LIST_CURSOR
+@_LIST_JSON
+def merchants_list(search: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """Merchants with their revenue balances, by name."""
+    _list_command("merchants", {"q": search}, limit, cursor, as_json)
+
+
 @accounts_group.command("adjust")
 @click.argument("account_id", type=click.UUID)
 @click.argument("amount_micros", type=click.IntRange(1, limits.AMOUNT_MAX))
@@ -351,8 +412,16 @@ def bench(clients: int, duration: float, workers: int, as_json: bool) -> None:
 def _register_features() -> None:
     from ledger.cli.usdc import usdc_group
     from ledger.tooling.torture import torture_command
+    from ledger.tooling.usagebench import usage_bench_command
+
+    @click.group("usage")
+    def usage_group() -> None:
+        """Usage analytics."""
+
+    usage_group.add_command(usage_bench_command)
 
     main.add_command(usdc_group)
+    main.add_command(usage_group)
     main.add_command(torture_command)
 
 
