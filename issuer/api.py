@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
@@ -16,7 +16,6 @@ from issuer.tokens import (
     MintRequest,
     RevokedToken,
     SelfView,
-    TokenPage,
     TokenView,
     delegate_token,
     inspect_token,
@@ -28,7 +27,10 @@ from issuer.tokens import (
 from ledger import limits
 from ledger.config import Settings
 from ledger.http.apidoc import problem_responses
+from ledger.http.idempotency import idempotent
+from ledger.http.lists import Cursor, Limit, Page
 from ledger.http.params import Auth, Pool, strict_body
+from ledger.http.responses import created
 from verifier.tokens import PublishedKeys, load_keyring
 
 __all__ = ["KEYS_MAX_AGE_S", "KeysController", "TokenController", "routes"]
@@ -71,7 +73,16 @@ class TokenController(Controller):
     @post(
         operation_id="mintCreditToken",
         summary="Mint a credit token (owner)",
+        description=(
+            "Mints a root credit token for the owner's account. The token string is in this "
+            'response only. Scope defaults: `audiences` `["*"]` (any merchant), `tools` '
+            '`["*"]` (any tool), `max_per_call_micros` = `cap_micros`, `expires_in_s` '
+            "86400 (24 h). Send an `Idempotency-Key` so that a retry returns this same "
+            "credit token rather than minting a second bearer credential."
+        ),
         security=[{"apiKey": []}],
+        responses=problem_responses(409),
+        middleware=[idempotent],
     )
     async def mint(
         self,
@@ -80,9 +91,10 @@ class TokenController(Controller):
         principal: Auth,
         pool: Pool,
         settings: AppSettings,
-    ) -> MintedToken:
+    ) -> Response[MintedToken]:
         data = await strict_body(request, MintRequest)
-        return await mint_token(pool, principal, data, issuer=settings.base_url)
+        minted = await mint_token(pool, principal, data, issuer=settings.base_url)
+        return created(minted, f"/v1/tokens/{minted.jti}")
 
     @get(
         operation_id="listCreditTokens",
@@ -96,14 +108,10 @@ class TokenController(Controller):
         account_id: Annotated[
             uuid.UUID | None, QueryParameter(required=False, description="Operators: whose tokens")
         ] = None,
-        after: Annotated[
-            uuid.UUID | None, QueryParameter(required=False, description="Cursor: `next_after`")
-        ] = None,
-        limit: Annotated[
-            int, QueryParameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Tokens per page")
-        ] = limits.PAGE_SIZE_DEFAULT,
-    ) -> TokenPage:
-        return await list_tokens(pool, principal, account_id=account_id, after=after, limit=limit)
+        limit: Limit = limits.PAGE_SIZE_DEFAULT,
+        cursor: Cursor = None,
+    ) -> Page[TokenView]:
+        return await list_tokens(pool, principal, account_id=account_id, cursor=cursor, limit=limit)
 
     @get(
         "/self",
@@ -117,9 +125,16 @@ class TokenController(Controller):
     @post(
         "/delegate",
         operation_id="delegateCreditToken",
-        responses=problem_responses(402),
+        responses=problem_responses(402, 409),
         summary="Mint a narrower child of the presented credit token",
+        description=(
+            "A credit token holder mints a child for a sub-agent: a subset of the audiences "
+            "and tools, no higher `max_per_call_micros`, no later expiry, a cap within the "
+            "remaining budget. Omitted scope fields inherit the parent's. Send an "
+            "`Idempotency-Key` so a retry returns the same child."
+        ),
         security=[{"creditToken": []}],
+        middleware=[idempotent],
     )
     async def delegate(
         self,
@@ -128,12 +143,13 @@ class TokenController(Controller):
         pool: Pool,
         settings: AppSettings,
         authorization: CreditTokenHeader = None,
-    ) -> MintedToken:
+    ) -> Response[MintedToken]:
         data = await strict_body(request, DelegateRequest)
         topup_url = f"{settings.base_url}/v1/topups/card"
-        return await delegate_token(
+        child = await delegate_token(
             pool, authorization, data, issuer=settings.base_url, topup_url=topup_url
         )
+        return created(child, f"/v1/tokens/{child.jti}")
 
     @get(
         "/{jti:uuid}",

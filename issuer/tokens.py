@@ -27,6 +27,7 @@ from issuer.keys import Connection, Executor, active_signer
 from ledger.access.api_keys import Principal, Role, bearer_credential
 from ledger.db.queries import load_queries
 from ledger.errors import Forbidden, NotFound, ValidationFailed
+from ledger.http.lists import Page, decode_cursor, page_of
 from verifier import tokens as vt
 from verifier.errors import BudgetExhausted, ScopeDenied, TokenInvalid, TokenRevoked
 
@@ -38,7 +39,6 @@ __all__ = [
     "RevokedToken",
     "Scope",
     "SelfView",
-    "TokenPage",
     "TokenView",
     "delegate_token",
     "inspect_token",
@@ -120,12 +120,6 @@ class TokenView(msgspec.Struct, frozen=True, kw_only=True):
     kid: str
     created_at: datetime
     unit: Literal["micro_usd"] = "micro_usd"
-
-
-class TokenPage(msgspec.Struct, frozen=True):
-    account_id: uuid.UUID
-    tokens: list[TokenView]
-    next_after: uuid.UUID | None
 
 
 class RevokedToken(msgspec.Struct, frozen=True):
@@ -324,17 +318,17 @@ async def list_tokens(
     principal: Principal,
     *,
     account_id: uuid.UUID | None,
-    after: uuid.UUID | None,
+    cursor: str | None,
     limit: int,
-) -> TokenPage:
+) -> Page[TokenView]:
+    """One page of an account's credit tokens, oldest first."""
+    after = decode_cursor("tokens", cursor, uuid.UUID)
     account = _readable_account(principal, account_id)
     if account is None:
         raise ValidationFailed("operators list credit tokens with ?account_id=…")
-    rows = await pool.fetch(queries["list_tokens"], account, after, limit)
+    rows = await pool.fetch(queries["list_tokens"], account, after, limit + 1)
     now = _now()
-    views = [_view(row, now=now) for row in rows]
-    next_after = views[-1].jti if len(views) == limit else None
-    return TokenPage(account_id=account, tokens=views, next_after=next_after)
+    return page_of([_view(row, now=now) for row in rows], limit, "tokens", lambda t: t.jti)
 
 
 async def read_token(pool: asyncpg.Pool[Any], principal: Principal, jti: uuid.UUID) -> TokenView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from msgspec import Meta
@@ -47,3 +48,23 @@ PageSize = Annotated[int, Meta(ge=1, le=PAGE_SIZE_MAX)]
 # and said so in the OpenAPI document.
 TEXT_PATTERN = "^[^\\x00]*$"
 Name = Annotated[str, Meta(min_length=1, max_length=NAME_LENGTH_MAX, pattern=TEXT_PATTERN)]
+
+# Idempotency keys (the `Idempotency-Key` header and the `idempotency_key` body
+# fields): Stripe's maximum length, characters safe in a header and a log line.
+IDEMPOTENCY_KEY_LENGTH_MAX = 255
+IDEMPOTENCY_KEY_PATTERN = "^[A-Za-z0-9._:\\-]+$"
+IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# How long a remembered response answers a retry (at least 24 hours).
+IDEMPOTENCY_KEY_RETENTION_S = 24 * 3600
+IdempotencyKey = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_LENGTH_MAX,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Client-chosen; the same key with the same request returns the original result.",
+    ),
+]
+# A hold not captured or voided by then is released (`expires_in_s`).
+HOLD_EXPIRY_DEFAULT_S = 300
+HOLD_EXPIRY_MAX_S = 24 * 3600

@@ -136,7 +136,7 @@ async def _owner(browser: Browser, service: Service, market: Market, facts: dict
     assert await _table(page, "by-tool") == [
         [r["tool"], str(r["charges"]), usd(r["net_micros"])] for r in by_tool
     ]
-    tokens = (await service.client.get("/v1/tokens", headers=api)).json()["tokens"]
+    tokens = (await service.client.get("/v1/tokens", headers=api)).json()["data"]
     remaining = await page.locator("[data-testid=remaining]").all_inner_texts()
     assert remaining == [usd(t["remaining_micros"]) for t in tokens]
     assert HOSTILE in _column(await _table(page, "tokens"), 1), "shown as text"

@@ -68,6 +68,13 @@ CROSS_FIELD_RULES = {
         )
     },
 }
+# A key is required in the `Idempotency-Key` header or the body's `idempotency_key`
+# (JSON Schema cannot say "one of a header and a field"): valid cases send one.
+KEY_IN_HEADER_OR_BODY = {
+    "POST /v1/charges",
+    "POST /v1/holds",
+    "POST /v1/charges/{charge_id}/refunds",
+}
 HOSTILE_STRINGS = (
     "\x00",
     "a\x00b",
@@ -293,9 +300,25 @@ def _call_with_real_values(
         case.body = body_before
 
 
+def _service_minted_values(case: Any) -> None:
+    """Values valid only as the service gave them out, put right in positive cases: a
+    list's opaque `cursor` (dropped), and an `Idempotency-Key` header (a fresh one,
+    or the body's `idempotency_key`, which it must equal), so a generated key reused
+    with another generated body is not the conflict it would rightly be."""
+    if isinstance(case.query, dict):
+        case.query.pop("cursor", None)
+    body_key = case.body.get("idempotency_key") if isinstance(case.body, dict) else None
+    if case.headers is not None and "Idempotency-Key" in case.headers:
+        case.headers["Idempotency-Key"] = body_key or uuid.uuid4().hex
+    elif case.operation.label in KEY_IN_HEADER_OR_BODY and body_key is None:
+        case.headers = {**(case.headers or {}), "Idempotency-Key": uuid.uuid4().hex}
+
+
 def _fuzz(case: Any, live: Live) -> None:
     if case.meta.generation.mode.is_positive and case.body is not None:
         case.body = _json_integers(case.body)
+    if case.meta.generation.mode.is_positive:
+        _service_minted_values(case)
     excluded = []
     if case.operation.label in CROSS_FIELD_RULES:
         excluded.append(schemathesis_checks.positive_data_acceptance)

@@ -45,13 +45,13 @@ async def _all_pages(market: Market, limit: int) -> list[dict[str, Any]]:
         response = await market.client.get("/v1/charges", params=params, headers=market.merchant)
         assert response.status_code == 200, response.text
         page = response.json()
-        assert len(page["charges"]) <= limit
-        seen += page["charges"]
-        if page["next_before"] is None:
+        assert len(page["data"]) <= limit
+        seen += page["data"]
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
             return seen
-        assert len(page["charges"]) == limit
-        assert page["next_before"] == page["charges"][-1]["charge_id"]
-        params["before"] = page["next_before"]
+        assert len(page["data"]) == limit
+        params["cursor"] = page["next_cursor"]
     raise AssertionError("pagination did not end")
 
 
@@ -263,8 +263,8 @@ async def test_merchants_me_shows_revenue_in_micros(market: Market) -> None:
 
 
 async def test_bad_listing_parameters_are_422(market: Market) -> None:
-    for params in ({"limit": 0}, {"limit": 501}, {"limit": "x"}, {"before": "not-a-uuid"}):
+    for params in ({"limit": 0}, {"limit": 501}, {"limit": "x"}, {"cursor": "not-a-cursor"}):
         response = await market.client.get("/v1/charges", params=params, headers=market.merchant)
         assert_problem(response, 422, "validation_failed")
     empty = await market.client.get("/v1/charges", headers=market.merchant)
-    assert empty.json() == {"charges": [], "next_before": None, "unit": "micro_usd"}
+    assert empty.json() == {"data": [], "has_more": False, "next_cursor": None}

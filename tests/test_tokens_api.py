@@ -93,7 +93,7 @@ async def test_mint_returns_a_token_that_verifies_offline_and_with_pyseto(servic
     listing = await service.client.get("/v1/tokens", headers=owner)
     assert listing.status_code == 200
     assert minted["token"] not in listing.text
-    [view] = listing.json()["tokens"]
+    [view] = listing.json()["data"]
     assert (view["jti"], view["status"], view["remaining_micros"]) == (
         minted["jti"],
         "active",
@@ -142,7 +142,7 @@ async def test_owners_see_only_their_own_tokens(service: Service) -> None:
         404,
         "not_found",
     )
-    assert (await service.client.get("/v1/tokens", headers=bob)).json()["tokens"] == []
+    assert (await service.client.get("/v1/tokens", headers=bob)).json()["data"] == []
 
 
 async def test_self_reports_budget_and_account_balance(service: Service) -> None:
@@ -203,7 +203,7 @@ async def test_revocation_cascades_to_descendants(service: Service) -> None:
     # Idempotent: the first revocation time stands.
     again = await service.client.post(f"/v1/tokens/{child['jti']}/revoke", headers=owner)
     assert again.json()["revoked_at"] == response.json()["revoked_at"]
-    listing = (await service.client.get("/v1/tokens", headers=owner)).json()["tokens"]
+    listing = (await service.client.get("/v1/tokens", headers=owner)).json()["data"]
     assert sorted(t["status"] for t in listing) == ["active", "active", "revoked", "revoked"]
 
 

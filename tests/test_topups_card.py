@@ -400,7 +400,7 @@ async def test_refunds_claw_back_and_shortfall_is_recorded(card_service: Service
         "/v1/topups/card/shortfalls", headers=card_service.operator
     )
     assert listing.status_code == 200, listing.text
-    [shortfall] = listing.json()
+    [shortfall] = listing.json()["data"]
     assert (shortfall["payment_id"], shortfall["account_id"]) == ("pi_r", str(account_id))
     assert (shortfall["recovered_micros"], shortfall["shortfall_micros"]) == (1_000_000, 6_000_000)
     assert_problem(

@@ -114,7 +114,7 @@ async def challenge(service: Service, owner: dict[str, str], address: str) -> di
     response = await service.client.post(
         "/v1/wallets/challenge", json={"address": address}, headers=owner
     )
-    assert response.status_code == 201, response.text
+    assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
 
@@ -192,8 +192,8 @@ async def test_siwe_links_an_address_once(service: Service) -> None:
     )
     assert_problem(taken, 409, "wallet_already_linked")
     listing = await service.client.get("/v1/wallets", headers=alice_key)
-    assert [w["address"] for w in listing.json()] == [wallet.address]
-    assert (await service.client.get("/v1/wallets", headers=bob_key)).json() == []
+    assert [w["address"] for w in listing.json()["data"]] == [wallet.address]
+    assert (await service.client.get("/v1/wallets", headers=bob_key)).json()["data"] == []
 
 
 async def test_siwe_expired_and_malformed(service: Service) -> None:
@@ -286,7 +286,7 @@ async def test_unlinked_sender_is_unattributed_until_operator_assigns(
         listing = await service.client.get(
             "/v1/usdc/deposits?status=unattributed", headers=service.operator
         )
-        [deposit] = listing.json()
+        [deposit] = listing.json()["data"]
         assert (deposit["amount_micros"], deposit["from_address"]) == (
             7_000_000,
             holder.address.lower(),
@@ -333,7 +333,7 @@ async def test_unlinked_sender_is_unattributed_until_operator_assigns(
         assert await balance(conn, account_id) == 7_000_000
         assert await journal(conn, account_id) == [("topup_usdc", 7_000_000, USDC)]
         alerts = await service.client.get("/v1/usdc/reorg-alerts", headers=service.operator)
-        assert (alerts.status_code, alerts.json()) == (200, [])
+        assert (alerts.status_code, alerts.json()["data"]) == (200, [])
         assert_problem(
             await service.client.get("/v1/usdc/reorg-alerts", headers=owner), 403, "forbidden"
         )

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Litestar, Request, get, post
+from litestar import Controller, Litestar, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 
 from issuer.topups import card as topups_card
 from issuer.topups import siwe, usdc
@@ -18,7 +18,10 @@ from ledger import limits
 from ledger.access.api_keys import Principal, Role, require_role
 from ledger.config import Settings
 from ledger.http.apidoc import problem_responses
+from ledger.http.idempotency import IdempotencyKeyHeader, idempotent, keyed
+from ledger.http.lists import Cursor, Limit, Page
 from ledger.http.params import Auth, Pool, strict_body
+from ledger.http.responses import created
 
 __all__ = [
     "CardTopupController",
@@ -38,10 +41,6 @@ async def provide_settings(request: Request[Any, Any, Any]) -> Settings:
 AppSettings = NamedDependency[Settings]
 _settings_dependency = {"settings": Provide(provide_settings)}
 
-PageLimit = Annotated[
-    int, QueryParameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Entries per page")
-]
-
 
 def owner_account(principal: Principal) -> uuid.UUID:
     require_role(principal, Role.owner)
@@ -58,7 +57,14 @@ class CardTopupController(Controller):
     @post(
         operation_id="createCardTopup",
         summary="Start a card top-up (Stripe Checkout)",
-        responses=problem_responses(502, 503),
+        description=(
+            "Creates a Stripe Checkout session for the owner's account and answers its URL; "
+            "the account is credited when Stripe reports the payment (webhook). The "
+            "`Idempotency-Key` header (or the body's `idempotency_key`; both must agree) "
+            "returns the same session on a retry."
+        ),
+        responses=problem_responses(409, 502, 503),
+        middleware=[idempotent],
     )
     async def create(
         self,
@@ -66,16 +72,33 @@ class CardTopupController(Controller):
         data: JSONBody[topups_card.CardTopupCreate],
         principal: Auth,
         settings: AppSettings,
-    ) -> topups_card.CardTopupCreated:
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response[topups_card.CardTopupCreated]:
         data = await strict_body(request, topups_card.CardTopupCreate)
-        return await topups_card.create_card_topup(settings, owner_account(principal), data)
+        if idempotency_key is not None:
+            data = keyed(data, idempotency_key)
+        session = await topups_card.create_card_topup(settings, owner_account(principal), data)
+        # The session's page at Stripe is the resource this created.
+        return created(session, session.url)
 
-    @get("/shortfalls", operation_id="listCardShortfalls", summary="Unrecovered claw-backs")
+    @get(
+        "/shortfalls",
+        operation_id="listCardShortfalls",
+        summary="Unrecovered claw-backs (operator)",
+        description=(
+            "Refunds and disputes whose amount the wallet no longer held: what was taken "
+            "back (`recovered_micros`) and what is missing (`shortfall_micros`), newest first."
+        ),
+    )
     async def shortfalls(
-        self, principal: Auth, pool: Pool, limit: PageLimit = limits.PAGE_SIZE_DEFAULT
-    ) -> list[topups_card.CardShortfall]:
+        self,
+        principal: Auth,
+        pool: Pool,
+        limit: Limit = limits.PAGE_SIZE_DEFAULT,
+        cursor: Cursor = None,
+    ) -> Page[topups_card.CardShortfall]:
         require_role(principal, Role.operator)
-        return await topups_card.list_card_shortfalls(pool, limit=limit)
+        return await topups_card.list_card_shortfalls(pool, cursor=cursor, limit=limit)
 
 
 class StripeWebhookController(Controller):
@@ -104,7 +127,19 @@ class WalletController(Controller):
     security = ({"apiKey": []},)
     dependencies = _settings_dependency
 
-    @post("/challenge", operation_id="createWalletChallenge", summary="EIP-4361 message to sign")
+    @post(
+        "/challenge",
+        operation_id="createWalletChallenge",
+        summary="EIP-4361 message to sign",
+        description=(
+            "A Sign-In with Ethereum message naming the address and the owner's account, "
+            "valid for a few minutes; sign it with the address and post it to `POST "
+            "/v1/wallets`. Nothing is stored that a client reads back, so the answer is 200."
+        ),
+        status_code=200,
+        responses=problem_responses(409),
+        middleware=[idempotent],
+    )
     async def challenge(
         self,
         request: Request[Any, Any, Any],
@@ -116,20 +151,57 @@ class WalletController(Controller):
         data = await strict_body(request, siwe.WalletChallengeCreate)
         return await siwe.create_challenge(pool, settings, owner_account(principal), data)
 
-    @post(operation_id="linkWallet", summary="Link an EVM address with a signed challenge")
+    @post(
+        operation_id="linkWallet",
+        summary="Link an EVM address with a signed challenge",
+        description=(
+            "Links the challenged address to the owner's account; USDC it sends to the "
+            "treasury is then credited to the account. The challenge is used up by the "
+            "attempt, whatever its outcome."
+        ),
+        responses=problem_responses(409),
+        middleware=[idempotent],
+    )
     async def link(
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[siwe.WalletLink],
         principal: Auth,
         pool: Pool,
-    ) -> siwe.LinkedWallet:
+    ) -> Response[siwe.LinkedWallet]:
         data = await strict_body(request, siwe.WalletLink)
-        return await siwe.link_wallet(pool, owner_account(principal), data)
+        wallet = await siwe.link_wallet(pool, owner_account(principal), data)
+        return created(wallet, f"/v1/wallets/{wallet.address}")
 
-    @get(operation_id="listWallets", summary="Addresses linked to the owner's account")
-    async def list_wallets(self, principal: Auth, pool: Pool) -> list[siwe.LinkedWallet]:
-        return await siwe.list_wallets(pool, owner_account(principal))
+    @get(
+        "/{address:str}",
+        operation_id="getWallet",
+        summary="One address linked to the owner's account",
+        description="Another account's address answers 404, like one that is not linked.",
+        responses=problem_responses(404),
+    )
+    async def get_wallet(
+        self,
+        principal: Auth,
+        pool: Pool,
+        address: Annotated[str, PathParameter(pattern=siwe.ADDRESS_PATTERN)],
+    ) -> siwe.LinkedWallet:
+        return await siwe.read_wallet(pool, owner_account(principal), address)
+
+    @get(
+        operation_id="listWallets",
+        summary="Addresses linked to the owner's account",
+        description="Oldest first.",
+    )
+    async def list_wallets(
+        self,
+        principal: Auth,
+        pool: Pool,
+        limit: Limit = limits.PAGE_SIZE_DEFAULT,
+        cursor: Cursor = None,
+    ) -> Page[siwe.LinkedWallet]:
+        account = owner_account(principal)
+        return await siwe.list_wallets(pool, account, cursor=cursor, limit=limit)
 
 
 class UsdcDepositController(Controller):
@@ -137,7 +209,12 @@ class UsdcDepositController(Controller):
     tags = ("top-ups",)
     security = ({"apiKey": []},)
 
-    @get("/deposits", operation_id="listUsdcDeposits", summary="USDC deposits (operator)")
+    @get(
+        "/deposits",
+        operation_id="listUsdcDeposits",
+        summary="USDC deposits (operator)",
+        description="Confirmed transfers to the treasury, newest first.",
+    )
     async def deposits(
         self,
         principal: Auth,
@@ -146,17 +223,24 @@ class UsdcDepositController(Controller):
             Literal["credited", "unattributed"] | None,
             QueryParameter(description="Only deposits with this status"),
         ] = None,
-        limit: PageLimit = limits.PAGE_SIZE_DEFAULT,
-    ) -> list[usdc.DepositView]:
+        limit: Limit = limits.PAGE_SIZE_DEFAULT,
+        cursor: Cursor = None,
+    ) -> Page[usdc.DepositView]:
         require_role(principal, Role.operator)
-        return await usdc.list_deposits(pool, status=status, limit=limit)
+        return await usdc.list_deposits(pool, status=status, cursor=cursor, limit=limit)
 
     @post(
         "/deposits/{deposit_id:uuid}/assign",
         operation_id="assignUsdcDeposit",
         opt={"money": "topup_usdc"},
         summary="Credit an unattributed deposit to an account (operator)",
+        description=(
+            "Credits a deposit from an unlinked address to a customer wallet. Repeating it "
+            "for the same account is harmless; another account is 409."
+        ),
         status_code=200,
+        responses=problem_responses(409),
+        middleware=[idempotent],
     )
     async def assign(
         self,
@@ -170,12 +254,24 @@ class UsdcDepositController(Controller):
         data = await strict_body(request, usdc.DepositAssign)
         return await usdc.assign_deposit(pool, deposit_id, data)
 
-    @get("/reorg-alerts", operation_id="listUsdcReorgAlerts", summary="Deep reorgs found")
+    @get(
+        "/reorg-alerts",
+        operation_id="listUsdcReorgAlerts",
+        summary="Deep reorgs found (operator)",
+        description=(
+            "Reorganisations deeper than the confirmation depth, newest first; the watcher "
+            "pauses at one until `ledger usdc resume --from-block N`."
+        ),
+    )
     async def reorg_alerts(
-        self, principal: Auth, pool: Pool, limit: PageLimit = limits.PAGE_SIZE_DEFAULT
-    ) -> list[usdc.ReorgAlert]:
+        self,
+        principal: Auth,
+        pool: Pool,
+        limit: Limit = limits.PAGE_SIZE_DEFAULT,
+        cursor: Cursor = None,
+    ) -> Page[usdc.ReorgAlert]:
         require_role(principal, Role.operator)
-        return await usdc.list_reorg_alerts(pool, limit=limit)
+        return await usdc.list_reorg_alerts(pool, cursor=cursor, limit=limit)
 
 
 routes: list[Any] = [

@@ -39,6 +39,7 @@ from ledger.db.pool import Conn
 from ledger.db.queries import load_queries
 from ledger.errors import LedgerError, ServiceUnavailable, ValidationFailed
 from ledger.http.jsondepth import nests_deeper_than
+from ledger.http.lists import Page, decode_cursor, page_of
 
 __all__ = [
     "CardShortfall",
@@ -68,12 +69,8 @@ CARD_NAMESPACE = uuid.UUID("5e0c6a2e-3c2f-4a53-9b1e-7a1d3c0f0c01")
 CREDIT_EVENT_TYPES = frozenset(
     {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
 )
-IDEMPOTENCY_KEY_LENGTH_MAX = 100
 
 EventId = Annotated[str, Meta(min_length=1, max_length=EVENT_ID_LENGTH_MAX)]
-IdempotencyKey = Annotated[
-    str, Meta(min_length=1, max_length=IDEMPOTENCY_KEY_LENGTH_MAX, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
 
 
 class CardTopupsUnavailable(ServiceUnavailable):
@@ -105,7 +102,7 @@ class WebhookPayloadInvalid(LedgerError):
 class CardTopupCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     amount_micros: limits.Amount
     # Passed to Stripe, so a retried request answers with the same session.
-    idempotency_key: IdempotencyKey | None = None
+    idempotency_key: limits.IdempotencyKey | None = None
 
 
 class CardTopupCreated(msgspec.Struct, frozen=True):
@@ -239,7 +236,9 @@ async def create_card_topup(
     }
     options: dict[str, Any] = {}
     if request.idempotency_key:
-        options["idempotency_key"] = f"topup:{account_id}:{request.idempotency_key}"
+        # Hashed: Stripe takes at most 255 characters, and the account makes it ours.
+        digest = hashlib.sha256(request.idempotency_key.encode()).hexdigest()
+        options["idempotency_key"] = f"topup:{account_id}:{digest}"
     client, http_client = _stripe_client(settings, secret_key)
     try:
         # Plain dicts: the library's TypedDicts for these change between its releases.
@@ -462,6 +461,11 @@ async def _reverse(
     return f"{reason}_recovered"
 
 
-async def list_card_shortfalls(pool: asyncpg.Pool, *, limit: int) -> list[CardShortfall]:
-    rows = await pool.fetch(queries["list_shortfalls"], limit)
-    return [CardShortfall(**dict(row.items())) for row in rows]
+async def list_card_shortfalls(
+    pool: asyncpg.Pool, *, cursor: str | None, limit: int
+) -> Page[CardShortfall]:
+    """Unrecovered claw-backs, newest first."""
+    after = decode_cursor("card_shortfalls", cursor, uuid.UUID)
+    rows = await pool.fetch(queries["list_shortfalls"], after, limit + 1)
+    shortfalls = [CardShortfall(**dict(row.items())) for row in rows]
+    return page_of(shortfalls, limit, "card_shortfalls", lambda s: s.id)

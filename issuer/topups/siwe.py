@@ -30,9 +30,11 @@ from msgspec import Meta
 
 from ledger.config import Settings
 from ledger.db.queries import load_queries
-from ledger.errors import Conflict, LedgerError, ValidationFailed
+from ledger.errors import Conflict, LedgerError, NotFound, ValidationFailed
+from ledger.http.lists import Page, decode_cursor, page_of
 
 __all__ = [
+    "ADDRESS_PATTERN",
     "CHALLENGE_TTL_S",
     "ChallengeInvalid",
     "LinkedWallet",
@@ -44,6 +46,7 @@ __all__ = [
     "create_challenge",
     "link_wallet",
     "list_wallets",
+    "read_wallet",
 ]
 
 queries = load_queries("issuer.topups", "siwe.sql")
@@ -53,7 +56,8 @@ NONCE_BYTES = 16
 MESSAGE_LENGTH_MAX = 2_000
 SIGNATURE_LENGTH_MAX = 200
 
-Address = Annotated[str, Meta(pattern=r"^0x[0-9a-fA-F]{40}$", description="EVM address")]
+ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+Address = Annotated[str, Meta(pattern=ADDRESS_PATTERN, description="EVM address")]
 _NONCE_LINE = re.compile(r"^Nonce: ([A-Za-z0-9]{8,64})$", re.MULTILINE)
 
 
@@ -189,9 +193,25 @@ async def link_wallet(
     )
 
 
-async def list_wallets(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[LinkedWallet]:
-    rows = await pool.fetch(queries["list_wallets"], account_id)
-    return [
+async def read_wallet(pool: asyncpg.Pool, account_id: uuid.UUID, address: str) -> LinkedWallet:
+    """One address linked to the account; another account's answers like a missing one."""
+    row = await pool.fetchrow(queries["get_wallet"], address.lower())
+    if row is None or row["account_id"] != account_id:
+        raise NotFound("no such linked wallet")
+    return LinkedWallet(
+        address=to_checksum_address(row["address"]),
+        account_id=row["account_id"],
+        linked_at=row["linked_at"],
+    )
+
+
+async def list_wallets(
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, cursor: str | None, limit: int
+) -> Page[LinkedWallet]:
+    """Addresses linked to the account, oldest first."""
+    after = decode_cursor("wallets", cursor, str)
+    rows = await pool.fetch(queries["list_wallets"], account_id, after, limit + 1)
+    wallets = [
         LinkedWallet(
             address=to_checksum_address(r["address"]),
             account_id=r["account_id"],
@@ -199,3 +219,4 @@ async def list_wallets(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[Linked
         )
         for r in rows
     ]
+    return page_of(wallets, limit, "wallets", lambda w: w.address.lower())

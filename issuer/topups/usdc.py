@@ -21,6 +21,7 @@ from ledger.core import transfers as core
 from ledger.db.pool import Conn
 from ledger.db.queries import load_queries
 from ledger.errors import Conflict, NotFound, ValidationFailed
+from ledger.http.lists import Page, decode_cursor, page_of
 
 __all__ = [
     "USDC_NAMESPACE",
@@ -166,10 +167,20 @@ async def assign_deposit(
     return _view(updated)
 
 
-async def list_deposits(pool: asyncpg.Pool, *, status: str | None, limit: int) -> list[DepositView]:
-    return [_view(r) for r in await pool.fetch(queries["list_deposits"], status, limit)]
+async def list_deposits(
+    pool: asyncpg.Pool, *, status: str | None, cursor: str | None, limit: int
+) -> Page[DepositView]:
+    """Deposits, newest first."""
+    after = decode_cursor("usdc_deposits", cursor, uuid.UUID)
+    rows = await pool.fetch(queries["list_deposits"], status, after, limit + 1)
+    return page_of([_view(r) for r in rows], limit, "usdc_deposits", lambda d: d.id)
 
 
-async def list_reorg_alerts(pool: asyncpg.Pool, *, limit: int) -> list[ReorgAlert]:
-    rows = await pool.fetch(queries["list_reorg_alerts"], limit)
-    return [ReorgAlert(**dict(r.items())) for r in rows]
+async def list_reorg_alerts(
+    pool: asyncpg.Pool, *, cursor: str | None, limit: int
+) -> Page[ReorgAlert]:
+    """Deep reorgs found, newest first."""
+    after = decode_cursor("usdc_reorg_alerts", cursor, int)
+    rows = await pool.fetch(queries["list_reorg_alerts"], after, limit + 1)
+    alerts = [ReorgAlert(**dict(r.items())) for r in rows]
+    return page_of(alerts, limit, "usdc_reorg_alerts", lambda a: a.id)

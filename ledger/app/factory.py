@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,8 @@ from ledger.core.api import AccountController
 from ledger.db.pool import CONNECTION_ERRORS, BoundedPool, create_pool
 from ledger.http.apidoc import complete_openapi
 from ledger.http.guard import LedgerRequest, RequestGuard
+from ledger.http.idempotency import purge_expired_keys
+from ledger.http.lists import QUERY_PARAMETERS_STATE_KEY
 from ledger.http.observe import RequestObserver
 from ledger.http.params import dependencies
 from ledger.http.problems import exception_handlers
@@ -40,11 +43,13 @@ API_VERSION = "0.1.0"
 
 
 async def _expiry_sweeper(app: Litestar, interval_s: float) -> None:
-    """Release holds past their expiry, whether or not any request arrives."""
+    """Release holds past their expiry, and forget idempotency keys past their
+    retention, whether or not any request arrives."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await core.expire_pending(app.state.pool)
+            await purge_expired_keys(app.state.pool)
         except CONNECTION_ERRORS:
             log.warning("expiry sweep skipped: database unavailable")
 
@@ -187,6 +192,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar.from_config(config)
     # Built once here, so the served document and `openapi_document()` are the same.
     complete_openapi(app)
+    for module in _FEATURE_API_MODULES:
+        extra = getattr(importlib.import_module(module), "query_parameters", {})
+        app.state[QUERY_PARAMETERS_STATE_KEY].update(extra)
     return app
 
 

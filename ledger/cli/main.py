@@ -29,7 +29,8 @@ from ledger.core import transfers as core
 from ledger.core.audit import run_audit
 from ledger.db.migrate import MigrationError
 from ledger.db.pool import connect, mask_dsn
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, ValidationFailed
+from ledger.http.lists import Page
 from ledger.observability.logs import formatter_for, log_config
 from ledger.observability.metrics import prepare_multiprocess_dir
 from ledger.tooling.demo import demo_command
@@ -221,15 +222,20 @@ def accounts_show(account_id: uuid.UUID) -> None:
 
 @accounts_group.command("transfers")
 @click.argument("account_id", type=click.UUID)
-@click.option("--after", type=click.IntRange(min=0), default=0, help="Cursor (seq).")
+@click.option("--cursor", help="`next_cursor` of the previous page.")
 @click.option(
     "--limit", type=click.IntRange(1, limits.PAGE_SIZE_MAX), default=limits.PAGE_SIZE_DEFAULT
 )
-def accounts_transfers(account_id: uuid.UUID, after: int, limit: int) -> None:
-    """One page of an account's journal."""
+def accounts_transfers(account_id: uuid.UUID, cursor: str | None, limit: int) -> None:
+    """One page of an account's journal, as the API lists it."""
 
-    async def work(conn: asyncpg.Connection) -> list[core.Transfer]:
-        return await core.list_account_transfers(conn, account_id, after_seq=after, limit=limit)
+    async def work(conn: asyncpg.Connection) -> Page[accounts.JournalEntry]:
+        if await core.get_account(conn, account_id) is None:
+            raise click.ClickException(f"no account {account_id}")
+        try:
+            return await accounts.journal_page(conn, account_id, cursor=cursor, limit=limit)
+        except ValidationFailed as exc:
+            raise click.BadParameter(exc.detail, param_hint="--cursor") from None
 
     _print_json(_with_connection(_settings(), work))
 

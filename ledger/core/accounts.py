@@ -12,16 +12,18 @@ import msgspec
 from ledger import limits
 from ledger.access.api_keys import Principal, Role, create_api_key
 from ledger.core import transfers as core
+from ledger.db.pool import Conn
 from ledger.errors import NotFound
+from ledger.http.lists import Page, decode_cursor, page_of
 
 __all__ = [
     "AccountCreate",
     "AccountCreated",
     "AccountView",
     "JournalEntry",
-    "JournalPage",
     "account_view",
     "create_customer_account",
+    "journal_page",
     "read_account",
     "read_journal",
 ]
@@ -60,13 +62,6 @@ class JournalEntry(msgspec.Struct, frozen=True):
     expires_at: datetime | None
     metadata: dict[str, Any]
     created_at: datetime
-
-
-class JournalPage(msgspec.Struct, frozen=True):
-    account_id: uuid.UUID
-    entries: list[JournalEntry]
-    next_after: int | None
-    unit: Literal["micro_usd"] = "micro_usd"
 
 
 def account_view(account: core.Account) -> AccountView:
@@ -113,14 +108,23 @@ async def read_journal(
     principal: Principal,
     account_id: uuid.UUID,
     *,
-    after: int,
+    cursor: str | None,
     limit: int,
-) -> JournalPage:
+) -> Page[JournalEntry]:
+    """One page of the account's journal, oldest first, if `principal` may read it."""
     await read_account(pool, principal, account_id)
     async with pool.acquire() as conn:
-        transfers = await core.list_account_transfers(
-            conn, account_id, after_seq=after, limit=limit
-        )
+        return await journal_page(conn, account_id, cursor=cursor, limit=limit)
+
+
+async def journal_page(
+    conn: Conn, account_id: uuid.UUID, *, cursor: str | None, limit: int
+) -> Page[JournalEntry]:
+    """One page of the account's journal, oldest first (the API's and the CLI's)."""
+    after = decode_cursor("transfers", cursor, int) or 0
+    transfers = await core.list_account_transfers(
+        conn, account_id, after_seq=after, limit=limit + 1
+    )
     entries = [
         JournalEntry(
             id=t.id,
@@ -138,5 +142,4 @@ async def read_journal(
         )
         for t in transfers
     ]
-    next_after = entries[-1].seq if len(entries) == limit else None
-    return JournalPage(account_id=account_id, entries=entries, next_after=next_after)
+    return page_of(entries, limit, "transfers", lambda entry: entry.seq)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from litestar import Controller, Request, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath, JSONBody
 
 from ledger import limits
 from ledger.access.api_keys import Role, require_role
@@ -14,13 +14,16 @@ from ledger.core.accounts import (
     AccountCreate,
     AccountCreated,
     AccountView,
-    JournalPage,
+    JournalEntry,
     create_customer_account,
     read_account,
     read_journal,
 )
 from ledger.http.apidoc import problem_responses
+from ledger.http.idempotency import idempotent
+from ledger.http.lists import Cursor, Limit, Page
 from ledger.http.params import Auth, Pool, strict_body
+from ledger.http.responses import created
 
 __all__ = ["AccountController"]
 
@@ -33,7 +36,13 @@ class AccountController(Controller):
     @post(
         operation_id="createAccount",
         summary="Create a customer wallet (operator)",
-        responses=problem_responses(403),
+        description=(
+            "Creates a customer wallet and its owner API key, which this response shows "
+            "once (only its hash is stored). Send an `Idempotency-Key` to make a retry "
+            "return the same account and key instead of a second account."
+        ),
+        responses=problem_responses(403, 409),
+        middleware=[idempotent],
     )
     async def create_account(
         self,
@@ -41,10 +50,11 @@ class AccountController(Controller):
         data: JSONBody[AccountCreate],
         principal: Auth,
         pool: Pool,
-    ) -> AccountCreated:
+    ) -> Response[AccountCreated]:
         require_role(principal, Role.operator)
         data = await strict_body(request, AccountCreate)
-        return await create_customer_account(pool, data.name)
+        result = await create_customer_account(pool, data.name)
+        return created(result, f"/v1/accounts/{result.account.id}")
 
     @get(
         "/{account_id:uuid}",
@@ -68,11 +78,7 @@ class AccountController(Controller):
         account_id: FromPath[uuid.UUID],
         principal: Auth,
         pool: Pool,
-        limit: Annotated[
-            int, QueryParameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Entries per page")
-        ] = limits.PAGE_SIZE_DEFAULT,
-        after: Annotated[
-            int, QueryParameter(ge=0, le=2**62, description="Cursor: `next_after` of the last page")
-        ] = 0,
-    ) -> JournalPage:
-        return await read_journal(pool, principal, account_id, after=after, limit=limit)
+        limit: Limit = limits.PAGE_SIZE_DEFAULT,
+        cursor: Cursor = None,
+    ) -> Page[JournalEntry]:
+        return await read_journal(pool, principal, account_id, cursor=cursor, limit=limit)

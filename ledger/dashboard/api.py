@@ -171,3 +171,8 @@ async def stylesheet() -> Response[bytes]:
 
 
 routes: list[Any] = [sign_in_page, sign_in, home, sign_out, top_up, stylesheet]
+# The pages are not in the API document, which the request guard reads to refuse
+# unknown query parameters: these are the ones they take.
+query_parameters: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/dashboard/home"): frozenset({"q", "audit"}),
+}

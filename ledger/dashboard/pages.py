@@ -65,7 +65,7 @@ async def _list(conn: Any, principal: Principal, listing: reports.Listing) -> li
 async def owner_page(pool: asyncpg.Pool, principal: Principal) -> dict[str, Any]:
     assert principal.subject_id is not None
     account = await read_account(pool, principal, principal.subject_id)
-    tokens = await list_tokens(pool, principal, account_id=None, after=None, limit=LIST_ROWS_MAX)
+    tokens = await list_tokens(pool, principal, account_id=None, cursor=None, limit=LIST_ROWS_MAX)
     async with pool.acquire() as conn:
         daily = await _groups(conn, principal, from_=_since(), group_by=("bucket",))
         return {
@@ -73,7 +73,7 @@ async def owner_page(pool: asyncpg.Pool, principal: Principal) -> dict[str, Any]
             "chart": _series(daily, "spend"),
             "by_tool": await _groups(conn, principal, group_by=("tool",), order="net_desc"),
             "by_token": await _groups(conn, principal, group_by=("token",), order="net_desc"),
-            "tokens": tokens.tokens,
+            "tokens": tokens.data,
             "refusals": await _list(conn, principal, "refusals"),
             "fresh": await rollup.freshness(conn),
         }
@@ -115,9 +115,11 @@ async def operator_page(
         "merchants": merchants.data,
         "totals": {str(r["merchant_id"]): r for r in totals},
         "audit": report,
-        "shortfalls": await list_card_shortfalls(pool, limit=ROWS_MAX),
-        "reorg_alerts": await list_reorg_alerts(pool, limit=ROWS_MAX),
-        "unattributed": await list_deposits(pool, status="unattributed", limit=ROWS_MAX),
+        "shortfalls": (await list_card_shortfalls(pool, cursor=None, limit=ROWS_MAX)).data,
+        "reorg_alerts": (await list_reorg_alerts(pool, cursor=None, limit=ROWS_MAX)).data,
+        "unattributed": (
+            await list_deposits(pool, status="unattributed", cursor=None, limit=ROWS_MAX)
+        ).data,
         "search": search or "",
         "fresh": fresh,
     }

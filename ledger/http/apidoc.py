@@ -7,7 +7,7 @@ refusals any route of that shape can produce (so a fuzzer that checks responses
 against the document finds nothing undocumented):
 
 - 422 `validation_failed` when the operation has parameters or a body;
-- 413 `payload_too_large` when it has a body;
+- 413 `payload_too_large` and 415 `unsupported_media_type` when it has a body;
 - 401 `unauthenticated` and 403 `forbidden` (a credential of the wrong role)
   when it is secured;
 - 404 `not_found` when a parameter names a resource (a path parameter, or any
@@ -30,6 +30,7 @@ string schema without a pattern of its own now says.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
@@ -37,19 +38,24 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 from litestar import Litestar
+from litestar.enums import ParamType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPI,
     OpenAPIFormat,
+    OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
+    Parameter,
     Reference,
     Schema,
 )
 from litestar.openapi.spec import OpenAPIResponse as Response
 
 from ledger import limits
+from ledger.http.idempotency import IDEMPOTENCY_HEADER, Idempotency
+from ledger.http.lists import QUERY_PARAMETERS_STATE_KEY, query_parameters_of
 from ledger.http.problems import PROBLEM_MEDIA_TYPE
 
 __all__ = [
@@ -71,6 +77,7 @@ _DESCRIPTIONS: dict[int, str] = {
     404: "No such resource, or not one this credential may see (`not_found`).",
     409: "Conflicts with the current state (`conflict`, `idempotency_conflict`).",
     413: "The request body is larger than the configured limit (`payload_too_large`).",
+    415: "The body is not sent as JSON (`unsupported_media_type`): use `application/json`.",
     422: "The body or parameters are not valid (`validation_failed`, with `errors`).",
     429: "Too many requests (`rate_limited`); see Retry-After.",
     431: "The request headers are larger than the configured limit (`headers_too_large`).",
@@ -137,7 +144,7 @@ def _implied_statuses(operation: Operation) -> list[int]:
     if operation.parameters or operation.request_body:
         statuses.append(422)
     if operation.request_body:
-        statuses.append(413)
+        statuses.extend((413, 415))
     if operation.security:
         statuses.extend((401, 403))
     if any(_names_a_resource(p) for p in operation.parameters or ()):
@@ -311,9 +318,97 @@ def document_exact_integer_bounds(document: OpenAPI) -> None:
             _exact_integer_bounds(getattr(parameter, "schema", None))
 
 
+def _handlers(app: Litestar) -> Iterator[Any]:
+    for route in app.routes:
+        yield from getattr(route, "route_handlers", ())
+
+
+def document_idempotency(app: Litestar, document: OpenAPI) -> None:
+    """The `Idempotency-Key` header on every route that takes it, and `Location` on
+    every 201."""
+    idempotent_ids = {
+        handler.operation_id
+        for handler in _handlers(app)
+        if any(isinstance(m, Idempotency) for m in handler.middleware or ())
+    }
+    header = Parameter(
+        name=IDEMPOTENCY_HEADER,
+        param_in=ParamType.HEADER,
+        required=False,
+        schema=Schema(
+            type=OpenAPIType.STRING,
+            min_length=1,
+            max_length=limits.IDEMPOTENCY_KEY_LENGTH_MAX,
+            pattern=limits.IDEMPOTENCY_KEY_PATTERN,
+        ),
+        description=(
+            "Makes a retry safe: the same key with the same request answers the original "
+            "response (with `Idempotent-Replayed: true`) and creates nothing; with a "
+            "different request, 409 `idempotency_conflict`. Kept 24 hours, per API key "
+            "subject or credit token."
+        ),
+    )
+    for operation in _operations(document):
+        if operation.operation_id in idempotent_ids:
+            names = {getattr(p, "name", "").lower() for p in operation.parameters or ()}
+            if IDEMPOTENCY_HEADER.lower() not in names:
+                operation.parameters = [*(operation.parameters or ()), header]
+            responses = operation.responses if operation.responses is not None else {}
+            responses.setdefault("409", _problem_response(409))
+            operation.responses = dict(sorted(responses.items()))
+        created = (operation.responses or {}).get("201")
+        if isinstance(created, Response):
+            created.headers = {
+                **(created.headers or {}),
+                "Location": OpenAPIHeader(
+                    schema=Schema(type=OpenAPIType.STRING),
+                    description="Where the created resource is read back.",
+                ),
+            }
+
+
+def _renamed_refs(node: Any, names: dict[str, str], seen: set[int]) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, Reference) and node.ref.rsplit("/", 1)[-1] in names:
+        node.ref = "#/components/schemas/" + names[node.ref.rsplit("/", 1)[-1]]
+    elif isinstance(node, dict):
+        for value in node.values():
+            _renamed_refs(value, names, seen)
+    elif isinstance(node, list | tuple):
+        for value in node:
+            _renamed_refs(value, names, seen)
+    elif dataclasses.is_dataclass(node):
+        for field in dataclasses.fields(node):
+            _renamed_refs(getattr(node, field.name), names, seen)
+
+
+def document_page_names(document: OpenAPI) -> None:
+    """`Page[ChargeView]` is the schema `ChargeViewPage`, not the framework's name
+    spelled with module paths (which would change when a module moves)."""
+    schemas = document.components.schemas if document.components else None
+    if not schemas:
+        return
+    names = {}
+    for name, schema in list(schemas.items()):
+        title = getattr(schema, "title", None) or ""
+        if title.startswith("Page[") and title.endswith("]"):
+            names[name] = title[len("Page[") : -1] + "Page"
+    for old, new in names.items():
+        schema = schemas.pop(old)
+        schema.title = new
+        schemas[new] = schema
+    document.components.schemas = dict(sorted(schemas.items()))
+    _renamed_refs(document, names, set())
+
+
 def complete_openapi(app: Litestar) -> None:
     """Complete the app's document in place, before it is first served."""
     document = app.openapi_schema
     document_problems(document)
     document_closed_request_bodies(app, document)
     document_exact_integer_bounds(document)
+    document_idempotency(app, document)
+    document_page_names(document)
+    app.state[QUERY_PARAMETERS_STATE_KEY] = query_parameters_of(document)

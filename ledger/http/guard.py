@@ -6,10 +6,12 @@
   `Content-Length` above `request_body_bytes_max` is 413 `payload_too_large`
   without reading the body (a chunked body is cut off by the framework at the
   same limit while it is read).
-- `LedgerRequest`: a JSON body nested deeper than `JSON_DEPTH_MAX` (measured
+- `LedgerRequest`: a body not sent as JSON (`text/plain`, a form, no content
+  type) is 415 `unsupported_media_type` before it is parsed; a JSON body nested deeper than `JSON_DEPTH_MAX` (measured
   before decoding: see `ledger.jsondepth`), or not valid UTF-8, is 422 `validation_failed` rather than an exception the
   framework does not know; so is a string holding U+0000, which PostgreSQL cannot
   store (refused here, alone, before it can fail a batch of other requests).
+- A query parameter the route does not take is 422 (`ledger.http.lists`).
 
 The server's own header limit (`server_options`) is set well above ours, so a
 client between the two limits gets our problem rather than a bare 400.
@@ -34,13 +36,17 @@ from litestar.types import (
 from ledger.config import Settings
 from ledger.errors import LedgerError, PayloadTooLarge, ValidationFailed
 from ledger.http.jsondepth import nests_deeper_than
+from ledger.http.lists import refuse_unknown_query
 from ledger.limits import JSON_DEPTH_MAX
 
 __all__ = [
     "HeadersTooLarge",
     "LedgerRequest",
     "RequestGuard",
+    "UnsupportedMediaType",
+    "is_json_media_type",
     "refuse_deep_json",
+    "refuse_non_json",
     "server_options",
 ]
 
@@ -81,6 +87,7 @@ class RequestGuard(ASGIMiddleware):
         if scope.get("method") == "OPTIONS":
             await self._options(scope, send)
             return
+        refuse_unknown_query(scope)
         await next_app(scope, receive, send)
 
     async def _options(self, scope: Scope, send: Send) -> None:
@@ -115,8 +122,47 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+class UnsupportedMediaType(LedgerError):
+    code = "unsupported_media_type"
+    status = 415
+    title = "The request body must be JSON"
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/*+json`, any parameters but a charset
+    other than UTF-8 (JSON is UTF-8: RFC 8259)."""
+    if not content_type:
+        return False
+    media_type, _, params = content_type.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return False
+    if "charset" in params.lower():
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+                "utf-8",
+                "utf8",
+            ):
+                return False
+    return True
+
+
+def refuse_non_json(request: Request[Any, Any, Any]) -> None:
+    """415 for a body not sent as JSON, before anything parses it."""
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise UnsupportedMediaType(
+            "send the body as JSON with `Content-Type: application/json`",
+            accepted=["application/json"],
+        )
+
+
 class LedgerRequest(Request[Any, Any, Any]):
     async def json(self) -> Any:
+        # The framework parses a handler's `data` as JSON whatever the content type.
+        refuse_non_json(self)
         refuse_deep_json(await self.body())
         try:
             value = await super().json()

@@ -32,7 +32,7 @@ from ledger.errors import (
 )
 from ledger.observability import money
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "exception_handlers", "problem_response"]
+__all__ = ["PROBLEM_MEDIA_TYPE", "WWW_AUTHENTICATE", "exception_handlers", "problem_response"]
 
 log = logging.getLogger("ledger.errors")
 
@@ -62,11 +62,18 @@ def problem_response(
     )
 
 
+# RFC 9110: a 401 names the scheme that would work. Every credential here (API key
+# or credit token) is a bearer token (RFC 6750).
+WWW_AUTHENTICATE = 'Bearer realm="credit-ledger"'
+
+
 def _domain(request: Request[Any, Any, Any], exc: LedgerError) -> Response[dict[str, Any]]:
     headers = dict(exc.headers)
     if isinstance(exc, ServiceUnavailable):
         # Every 503 tells the client when to come back, however it was raised.
         headers.setdefault("Retry-After", str(limits.RETRY_AFTER_S))
+    if exc.status == 401:
+        headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
     return problem_response(exc.status, exc.problem(request.url.path), headers or None)
 
 
@@ -105,7 +112,10 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
         "detail": exc.detail,
         "instance": request.url.path,
     }
-    return problem_response(status, body, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
+    return problem_response(status, body, headers)
 
 
 def _not_found(request: Request[Any, Any, Any], exc: NotFoundException) -> Response[dict[str, Any]]:

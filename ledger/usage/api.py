@@ -25,6 +25,7 @@ from ledger.access.api_keys import Principal, Role, require_role
 from ledger.config import Settings
 from ledger.errors import ValidationFailed
 from ledger.http.apidoc import problem_responses
+from ledger.http.lists import Cursor, Limit
 from ledger.http.params import Auth, Pool
 from ledger.observability import money
 from ledger.usage import export, reports, rollup
@@ -35,15 +36,6 @@ __all__ = ["lifespan", "routes"]
 
 TOOL_LENGTH_MAX = 64
 SEARCH_LENGTH_MAX = 200
-Limit = Annotated[
-    int, QueryParameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Rows per page (at most 500).")
-]
-Cursor = Annotated[
-    str | None,
-    QueryParameter(
-        required=False, max_length=512, description="`next_cursor` of the previous page."
-    ),
-]
 GroupBy = Annotated[
     str,
     QueryParameter(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 
 from ledger import limits
 from ledger.access.api_keys import Principal, Role, require_role
+from ledger.errors import NotFound
 from ledger.http.apidoc import problem_responses, replay_response
+from ledger.http.idempotency import IdempotencyKeyHeader, idempotent, keyed
+from ledger.http.lists import Cursor, Limit, Page
 from ledger.http.params import Auth, Pool, strict_body
+from ledger.http.responses import created
 from verifier.charges import service as charges
 from verifier.charges import views
 from verifier.charges.context import ChargeContext
@@ -39,27 +43,50 @@ async def _merchant(request: Request[Any, Any, Any], principal: Principal) -> Me
     return await ctx.merchants.get(ctx.pool, principal.subject_id)
 
 
-def _status(created: bool) -> int:
-    return 201 if created else 200
-
-
 class MerchantController(Controller):
     path = "/v1/merchants"
     tags = ["merchants"]
     security = [{"apiKey": []}]
 
-    @post(operation_id="createMerchant", summary="Register a paid tool provider (operator)")
+    @post(
+        operation_id="createMerchant",
+        summary="Register a paid tool provider (operator)",
+        description=(
+            "Creates a merchant, its revenue account and its merchant API key, which this "
+            "response shows once. Send an `Idempotency-Key` so that a retry returns the same "
+            "merchant and key."
+        ),
+        responses=problem_responses(409),
+        middleware=[idempotent],
+    )
     async def create_merchant(
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[MerchantCreate],
         principal: Auth,
         pool: Pool,
-    ) -> MerchantCreated:
+    ) -> Response[MerchantCreated]:
         require_role(principal, Role.operator)
         data = await strict_body(request, MerchantCreate)
         async with pool.acquire() as conn:
-            return await register_merchant(conn, data.name)
+            result = await register_merchant(conn, data.name)
+        return created(result, f"/v1/merchants/{result.merchant.id}")
+
+    @get(
+        "/{merchant_id:uuid}",
+        operation_id="getMerchant",
+        summary="A merchant and its revenue (operator, or the merchant itself)",
+        description="What `GET /v1/merchants/me` shows, by id: for operators, and for the "
+        "merchant's own API key.",
+        responses=problem_responses(404),
+    )
+    async def get_merchant(
+        self, request: Request[Any, Any, Any], merchant_id: FromPath[uuid.UUID], principal: Auth
+    ) -> MerchantView:
+        require_role(principal, Role.operator, Role.merchant)
+        if principal.role is Role.merchant and principal.subject_id != merchant_id:
+            raise NotFound("no such merchant")
+        return await read_own_merchant(_ctx(request).pool, merchant_id)
 
     @get("/me", operation_id="getOwnMerchant", summary="The calling merchant and its revenue")
     async def get_own_merchant(
@@ -82,29 +109,26 @@ class ChargeController(Controller):
         status_code=201,
     )
     async def create_charge(
-        self, request: Request[Any, Any, Any], data: JSONBody[charges.ChargeIn], principal: Auth
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[charges.ChargeIn],
+        principal: Auth,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[charges.ChargeOut]:
-        data = await strict_body(request, charges.ChargeIn)
-        result, created = await charges.charge(
-            _ctx(request), await _merchant(request, principal), data
-        )
-        return Response(result, status_code=_status(created))
+        data = keyed(await strict_body(request, charges.ChargeIn), idempotency_key)
+        result, new = await charges.charge(_ctx(request), await _merchant(request, principal), data)
+        return created(result, f"/v1/charges/{result.charge_id}", new=new)
 
     @get(operation_id="listCharges", summary="The calling merchant's charges, newest first")
     async def list_charges(
         self,
         request: Request[Any, Any, Any],
         principal: Auth,
-        limit: Annotated[
-            int, QueryParameter(ge=1, le=limits.PAGE_SIZE_MAX, description="Charges per page")
-        ] = limits.PAGE_SIZE_DEFAULT,
-        before: Annotated[
-            uuid.UUID | None,
-            QueryParameter(required=False, description="Cursor: `next_before` of the last page"),
-        ] = None,
-    ) -> views.ChargePage:
+        limit: Limit = limits.PAGE_SIZE_DEFAULT,
+        cursor: Cursor = None,
+    ) -> Page[views.ChargeView]:
         merchant = await _merchant(request, principal)
-        return await views.list_charges(_ctx(request).pool, merchant, before=before, limit=limit)
+        return await views.list_charges(_ctx(request).pool, merchant, cursor=cursor, limit=limit)
 
     @get("/{charge_id:uuid}", operation_id="getCharge", summary="One of the merchant's charges")
     async def get_charge(
@@ -127,11 +151,12 @@ class ChargeController(Controller):
         charge_id: FromPath[uuid.UUID],
         data: JSONBody[charges.RefundIn],
         principal: Auth,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[charges.RefundOut]:
         merchant = await _merchant(request, principal)
-        data = await strict_body(request, charges.RefundIn)
-        result, created = await charges.refund(_ctx(request), merchant, charge_id, data)
-        return Response(result, status_code=_status(created))
+        data = keyed(await strict_body(request, charges.RefundIn), idempotency_key)
+        result, new = await charges.refund(_ctx(request), merchant, charge_id, data)
+        return created(result, f"/v1/charges/{charge_id}", new=new)
 
 
 class HoldController(Controller):
@@ -147,13 +172,16 @@ class HoldController(Controller):
         status_code=201,
     )
     async def create_hold(
-        self, request: Request[Any, Any, Any], data: JSONBody[charges.HoldIn], principal: Auth
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[charges.HoldIn],
+        principal: Auth,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[charges.HoldOut]:
-        data = await strict_body(request, charges.HoldIn)
-        result, created = await charges.place_hold(
-            _ctx(request), await _merchant(request, principal), data
-        )
-        return Response(result, status_code=_status(created))
+        data = keyed(await strict_body(request, charges.HoldIn), idempotency_key)
+        merchant = await _merchant(request, principal)
+        result, new = await charges.place_hold(_ctx(request), merchant, data)
+        return created(result, f"/v1/holds/{result.hold_id}", new=new)
 
     @get("/{hold_id:uuid}", operation_id="getHold", summary="One of the merchant's holds")
     async def get_hold(
@@ -169,6 +197,7 @@ class HoldController(Controller):
         responses=problem_responses(409, 429),
         summary="Capture up to the held amount",
         status_code=200,
+        middleware=[idempotent],
     )
     async def capture_hold(
         self,
@@ -189,6 +218,7 @@ class HoldController(Controller):
         responses=problem_responses(409),
         summary="Release a hold",
         status_code=200,
+        middleware=[idempotent],
     )
     async def void_hold(
         self, request: Request[Any, Any, Any], hold_id: FromPath[uuid.UUID], principal: Auth

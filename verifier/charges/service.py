@@ -58,21 +58,12 @@ __all__ = [
 
 queries = load_queries("verifier.charges", "charges.sql")
 
-HOLD_EXPIRY_DEFAULT_S = 300
-HOLD_EXPIRY_MAX_S = 24 * 3600
-IDEMPOTENCY_KEY_LENGTH_MAX = 128
 CREDIT_TOKEN_LENGTH_MAX = 8192
 REASON_LENGTH_MAX = 200
 
-IdempotencyKey = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=IDEMPOTENCY_KEY_LENGTH_MAX,
-        pattern=r"^[A-Za-z0-9._:\-]+$",
-        description="Client-chosen; the same key with the same request returns the original result.",
-    ),
-]
+# Optional here because the `Idempotency-Key` header may carry it instead; the API
+# fills it in (`ledger.http.idempotency.keyed`) before any of this runs.
+IdempotencyKey = limits.IdempotencyKey | None
 CreditToken = Annotated[str, Meta(min_length=1, max_length=CREDIT_TOKEN_LENGTH_MAX)]
 MetadataKey = Annotated[str, Meta(min_length=1, max_length=limits.METADATA_KEY_LENGTH_MAX)]
 MetadataValue = Annotated[str, Meta(max_length=limits.METADATA_VALUE_LENGTH_MAX)]
@@ -83,7 +74,7 @@ class ChargeIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     credit_token: CreditToken
     amount_micros: limits.Amount
     tool: ToolName
-    idempotency_key: IdempotencyKey
+    idempotency_key: IdempotencyKey = None
     metadata: Metadata = msgspec.field(default_factory=dict)
 
 
@@ -97,8 +88,10 @@ class HoldIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     credit_token: CreditToken
     amount_micros: limits.Amount
     tool: ToolName
-    idempotency_key: IdempotencyKey
-    expires_in_s: Annotated[int, Meta(ge=1, le=HOLD_EXPIRY_MAX_S)] = HOLD_EXPIRY_DEFAULT_S
+    idempotency_key: IdempotencyKey = None
+    expires_in_s: Annotated[int, Meta(ge=1, le=limits.HOLD_EXPIRY_MAX_S)] = (
+        limits.HOLD_EXPIRY_DEFAULT_S
+    )
     metadata: Metadata = msgspec.field(default_factory=dict)
 
 
@@ -134,7 +127,7 @@ class VoidOut(msgspec.Struct, frozen=True):
 
 class RefundIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     amount_micros: limits.Amount
-    idempotency_key: IdempotencyKey
+    idempotency_key: IdempotencyKey = None
     reason: Annotated[str, Meta(max_length=REASON_LENGTH_MAX)] | None = None
 
 
@@ -268,7 +261,7 @@ def _log_charge(kind: str, outcome: str, merchant: Merchant, receipt: Receipt) -
 
 
 async def _replay_charge(
-    ctx: ChargeContext, merchant: Merchant, key: str, request_hash: bytes
+    ctx: ChargeContext, merchant: Merchant, key: str | None, request_hash: bytes
 ) -> ChargeOut | None:
     row = await ctx.pool.fetchrow(queries["find_charge_by_key"], merchant.id, key)
     if row is None or bytes(row["request_hash"]) != request_hash:

@@ -15,9 +15,10 @@ import msgspec
 
 from ledger.db.queries import load_queries
 from ledger.errors import NotFound
+from ledger.http.lists import Page, decode_cursor, page_of
 from verifier.charges.merchants import Merchant
 
-__all__ = ["ChargePage", "ChargeView", "HoldView", "list_charges", "read_charge", "read_hold"]
+__all__ = ["ChargeView", "HoldView", "list_charges", "read_charge", "read_hold"]
 
 queries = load_queries("verifier.charges", "charges.sql")
 
@@ -38,12 +39,6 @@ class ChargeView(msgspec.Struct, frozen=True, kw_only=True):
     receipt_id: uuid.UUID
     metadata: dict[str, str]
     created_at: datetime
-    unit: Literal["micro_usd"] = "micro_usd"
-
-
-class ChargePage(msgspec.Struct, frozen=True, kw_only=True):
-    charges: list[ChargeView]
-    next_before: uuid.UUID | None
     unit: Literal["micro_usd"] = "micro_usd"
 
 
@@ -81,14 +76,12 @@ def _charge_view(row: Any) -> ChargeView:
 
 
 async def list_charges(
-    pool: asyncpg.Pool, merchant: Merchant, *, before: uuid.UUID | None, limit: int
-) -> ChargePage:
-    """One page of the merchant's charges, newest first, after the charge `before`."""
-    assert limit >= 1
+    pool: asyncpg.Pool, merchant: Merchant, *, cursor: str | None, limit: int
+) -> Page[ChargeView]:
+    """One page of the merchant's charges, newest first."""
+    before = decode_cursor("charges", cursor, uuid.UUID)
     rows = await pool.fetch(queries["list_merchant_charges"], merchant.id, before, limit + 1)
-    views = [_charge_view(row) for row in rows[:limit]]
-    next_before = views[-1].charge_id if len(rows) > limit else None
-    return ChargePage(charges=views, next_before=next_before)
+    return page_of([_charge_view(r) for r in rows], limit, "charges", lambda c: c.charge_id)
 
 
 async def read_charge(pool: asyncpg.Pool, merchant: Merchant, charge_id: uuid.UUID) -> ChargeView:

@@ -54,6 +54,7 @@ from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata, func_meta
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
+from ledger import limits
 from ledger.errors import IdempotencyConflict, ServiceUnavailable
 from verifier import errors as server_errors
 from verifier.sdk.merchant import (
@@ -87,7 +88,6 @@ log = logging.getLogger("verifier.sdk.mcp")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-HOLD_EXPIRY_DEFAULT_S = 300
 AGENT_KEY_LENGTH_MAX = 200
 # The parameter through which MCPServer hands the wrapper its Context (never in the schema).
 _CONTEXT_PARAM = "ledger_mcp_context"
@@ -146,6 +146,11 @@ def credit_token_from(ctx: Context[Any, Any]) -> str | None:
             return value
     from_meta = _meta(ctx).get(CREDIT_TOKEN_META_KEY)
     return from_meta if isinstance(from_meta, str) and from_meta else None
+
+
+def _refund_key(charge_key: str) -> str:
+    """The refund's key, derived from the charge's (so a retried refund is one)."""
+    return f"{charge_key}.refund"[-limits.IDEMPOTENCY_KEY_LENGTH_MAX :]
 
 
 def _idempotency_key(
@@ -259,7 +264,7 @@ class Paywall:
         ledger: MerchantClient,
         *,
         refund_on_error: bool = True,
-        hold_expires_in_s: int = HOLD_EXPIRY_DEFAULT_S,
+        hold_expires_in_s: int = limits.HOLD_EXPIRY_DEFAULT_S,
     ) -> None:
         self.ledger = ledger
         self.refund_on_error = refund_on_error
@@ -391,7 +396,7 @@ class Paywall:
             return await self.ledger.refund(
                 charge.charge_id,
                 pricing.price_micros,
-                idempotency_key=f"{charge.idempotency_key}.refund"[-128:],
+                idempotency_key=_refund_key(charge.idempotency_key),
                 reason=f"tool {tool} failed",
             )
         except LedgerClientError as exc:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -46,6 +45,7 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
+from ledger import limits
 from ledger.errors import LedgerError
 from verifier import errors as server_errors
 from verifier.receipts import verify_receipt
@@ -107,7 +107,6 @@ CREDIT_TOKEN_META_KEY = f"{META_NAMESPACE}/credit_token"
 IDEMPOTENCY_META_KEY = f"{META_NAMESPACE}/idempotency_key"
 RECEIPT_META_KEY = f"{META_NAMESPACE}/receipt"
 PRICE_META_KEY = f"{META_NAMESPACE}/price"
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 
@@ -590,6 +589,8 @@ class MerchantClient:
 
 def _key(idempotency_key: str | None) -> str:
     key = idempotency_key or new_idempotency_key()
-    if not IDEMPOTENCY_KEY_PATTERN.match(key):
-        raise ValueError("idempotency keys are 1-128 of A-Z a-z 0-9 . _ : -")
+    if len(key) > limits.IDEMPOTENCY_KEY_LENGTH_MAX or not limits.IDEMPOTENCY_KEY_RE.match(key):
+        raise ValueError(
+            f"idempotency keys are 1-{limits.IDEMPOTENCY_KEY_LENGTH_MAX} of A-Z a-z 0-9 . _ : -"
+        )
     return key

@@ -60,5 +60,7 @@ SELECT r.id, r.payment_id, r.account_id, r.event_id, r.reason, r.recovered_micro
        r.shortfall_micros, r.created_at
   FROM card_reversals r
  WHERE r.shortfall_micros > 0
- ORDER BY r.created_at DESC, r.id
- LIMIT $1;
+   AND ($1::uuid IS NULL
+        OR (r.created_at, r.id) < (SELECT created_at, id FROM card_reversals WHERE id = $1))
+ ORDER BY r.created_at DESC, r.id DESC
+ LIMIT $2;

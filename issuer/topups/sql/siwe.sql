@@ -18,4 +18,11 @@ RETURNING address, account_id, linked_at;
 SELECT address, account_id, linked_at FROM linked_wallets WHERE address = $1;
 
 -- name: list_wallets
-SELECT address, account_id, linked_at FROM linked_wallets WHERE account_id = $1 ORDER BY linked_at;
+-- Oldest first, after cursor address $2.
+SELECT address, account_id, linked_at FROM linked_wallets
+ WHERE account_id = $1
+   AND ($2::text IS NULL
+        OR (linked_at, address) > (SELECT linked_at, address FROM linked_wallets
+                                    WHERE address = $2 AND account_id = $1))
+ ORDER BY linked_at, address
+ LIMIT $3;

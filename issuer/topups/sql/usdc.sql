@@ -44,11 +44,13 @@ UPDATE usdc_deposits SET account_id = $2, status = 'credited', credited_at = now
 RETURNING *;
 
 -- name: list_deposits
--- Newest first, optionally only one status.
+-- Newest first, optionally only one status, after cursor deposit $2.
 SELECT * FROM usdc_deposits
  WHERE ($1::text IS NULL OR status = $1)
- ORDER BY created_at DESC, id
- LIMIT $2;
+   AND ($2::uuid IS NULL
+        OR (created_at, id) < (SELECT created_at, id FROM usdc_deposits WHERE id = $2))
+ ORDER BY created_at DESC, id DESC
+ LIMIT $3;
 
 -- name: recent_deposit_blocks
 -- Blocks of deposits in a window below the cursor, to find what a deep reorg touched.
@@ -67,7 +69,10 @@ ON CONFLICT ON CONSTRAINT usdc_reorg_alerts_once DO NOTHING;
 
 -- name: list_reorg_alerts
 SELECT id, chain_id, block_number, expected_hash, found_hash, affected_deposits, detected_at
-  FROM usdc_reorg_alerts ORDER BY id DESC LIMIT $1;
+  FROM usdc_reorg_alerts
+ WHERE ($1::bigint IS NULL OR id < $1)
+ ORDER BY id DESC
+ LIMIT $2;
 
 -- name: account_kind
 SELECT kind FROM accounts WHERE id = $1;
