@@ -97,6 +97,11 @@ async def operator_key_for(dsn: str) -> str:
     return key
 
 
+# Written in the background from what was already there (usage roll-ups, recent
+# refusals): a refused request changes none of the tables that count.
+DERIVED_TABLES = frozenset({"usage_hourly", "usage_daily", "usage_rollup_state", "recent_refusals"})
+
+
 async def row_counts(dsn: str) -> dict[str, int]:
     """Rows per table that money or accounts live in: 'nothing changed' is equality."""
     conn = await connect(dsn)
@@ -107,6 +112,8 @@ async def row_counts(dsn: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         for row in tables:
             name = row["tablename"]
+            if name in DERIVED_TABLES:
+                continue
             counts[name] = await conn.fetchval(f'SELECT count(*) FROM "{name}"')
         return counts
     finally:

@@ -244,7 +244,7 @@ def _list_command(listing: str, extra: dict[str, Any], limit: int, cursor: str |
                   as_json: bool) -> None:  # fmt: skip
     from ledger.usage import reports
 
-    async def work(conn: asyncpg.Connection) -> reports.Page:
+    async def work(conn: asyncpg.Connection) -> reports.ListingPage:
         return await reports.list_rows(conn, listing, reports.Filters(), limit=limit,  # type: ignore[arg-type]
                                        cursor=cursor, extra=extra)  # fmt: skip
 

@@ -30,7 +30,7 @@ from ledger.http.params import Auth, Pool
 from ledger.observability import money
 from ledger.usage import export, reports, rollup
 from ledger.usage.refusals import RefusalRecorder
-from ledger.usage.reports import DIMENSIONS, Filters, Page, UsageQuery
+from ledger.usage.reports import DIMENSIONS, Filters, ListingPage, UsageQuery, UsageReport
 
 __all__ = ["lifespan", "routes"]
 
@@ -144,7 +144,7 @@ class UsageController(Controller):
         order: Order = "bucket",
         limit: Limit = limits.PAGE_SIZE_DEFAULT,
         cursor: Cursor = None,
-    ) -> Page:
+    ) -> UsageReport:
         _reader(principal)
         query = UsageQuery(
             filters=reports.scoped(principal, filters),
@@ -172,7 +172,7 @@ class UsageController(Controller):
         filters: FiltersParam,
         limit: Limit = limits.PAGE_SIZE_DEFAULT,
         cursor: Cursor = None,
-    ) -> Page:
+    ) -> ListingPage:
         return await _listing(principal, pool, "charges", filters, limit, cursor)
 
     @get(
@@ -189,7 +189,7 @@ class UsageController(Controller):
         limit: Limit = limits.PAGE_SIZE_DEFAULT,
         cursor: Cursor = None,
         status: Status = None,
-    ) -> Page:
+    ) -> ListingPage:
         return await _listing(principal, pool, "holds", filters, limit, cursor, status=status)
 
     @get(
@@ -205,7 +205,7 @@ class UsageController(Controller):
         filters: FiltersParam,
         limit: Limit = limits.PAGE_SIZE_DEFAULT,
         cursor: Cursor = None,
-    ) -> Page:
+    ) -> ListingPage:
         return await _listing(principal, pool, "refunds", filters, limit, cursor)
 
     @get(
@@ -223,7 +223,7 @@ class UsageController(Controller):
         filters: FiltersParam,
         limit: Limit = limits.PAGE_SIZE_DEFAULT,
         cursor: Cursor = None,
-    ) -> Page:
+    ) -> ListingPage:
         return await _listing(principal, pool, "refusals", filters, limit, cursor)
 
     @get(
@@ -331,7 +331,7 @@ async def _listing(
     limit: int,
     cursor: str | None,
     **extra: Any,
-) -> Page:
+) -> ListingPage:
     _reader(principal)
     async with pool.acquire() as conn:
         return await reports.list_rows(
@@ -381,7 +381,7 @@ async def list_accounts(
     kind: Kind = None,
     limit: Limit = limits.PAGE_SIZE_DEFAULT,
     cursor: Cursor = None,
-) -> Page:
+) -> ListingPage:
     require_role(principal, Role.operator)
     async with pool.acquire() as conn:
         return await reports.list_rows(
@@ -404,7 +404,7 @@ async def list_merchants(
     q: Search = None,
     limit: Limit = limits.PAGE_SIZE_DEFAULT,
     cursor: Cursor = None,
-) -> Page:
+) -> ListingPage:
     require_role(principal, Role.operator)
     async with pool.acquire() as conn:
         return await reports.list_rows(

@@ -23,8 +23,9 @@ from ledger.errors import NotFound, ValidationFailed
 __all__ = [
     "DIMENSIONS",
     "Filters",
-    "Page",
+    "ListingPage",
     "UsageQuery",
+    "UsageReport",
     "check_range",
     "list_rows",
     "scoped",
@@ -66,13 +67,22 @@ class UsageQuery:
     order: Ordering = "bucket"
 
 
-class Page(msgspec.Struct, frozen=True, kw_only=True):
-    """The shared list shape, and when usage is complete through (aggregates only)."""
+class ListingPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a listing, in the shared list shape (money in micro-USD)."""
 
     data: list[dict[str, Any]]
     has_more: bool
     next_cursor: str | None
-    complete_through: datetime | None = None
+
+
+class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of usage groups (the list shape), and the time the roll-up is complete
+    through: every money movement committed before it is counted."""
+
+    data: list[dict[str, Any]]
+    has_more: bool
+    next_cursor: str | None
+    complete_through: datetime | None
     unit: Literal["micro_usd"] = "micro_usd"
 
 
@@ -154,7 +164,7 @@ async def _custom_plans(conn: Conn) -> None:
 
 async def usage_groups(
     conn: Conn, q: UsageQuery, *, limit: int, cursor: str | None, complete_through: datetime | None
-) -> Page:
+) -> UsageReport:
     name, args = _group_args(q)
     offset = int((_decode_cursor(cursor, 1) or ["0"])[0])
     if not 0 <= offset <= limits.USAGE_OFFSET_MAX:
@@ -164,7 +174,7 @@ async def usage_groups(
         rows = await conn.fetch(queries[name], *args, limit + 1, offset)
     data = [_group_row(r) for r in rows[:limit]]
     more = len(rows) > limit
-    return Page(
+    return UsageReport(
         data=data,
         has_more=more,
         next_cursor=_encode_cursor(offset + limit) if more else None,
@@ -290,7 +300,7 @@ async def list_rows(
     limit: int,
     cursor: str | None,
     extra: dict[str, Any] | None = None,
-) -> Page:
+) -> ListingPage:
     """One page of a listing, newest first (accounts and merchants: by name)."""
     extra = extra or {}
     try:
@@ -303,7 +313,7 @@ async def list_rows(
         await _custom_plans(conn)
         rows = await conn.fetch(queries[f"list_{listing}"], *args, limit + 1, *tail)
     more = len(rows) > limit
-    return Page(
+    return ListingPage(
         data=[listing_row(listing, r) for r in rows[:limit]],
         has_more=more,
         next_cursor=_keyset(listing, rows[limit - 1]) if more else None,
