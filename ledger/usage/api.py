@@ -63,22 +63,37 @@ Of = Annotated[
 ]
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
+# ISO 8601 date-times only (a bare number is not a time); without an offset, UTC.
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$"
+
+
+def _utc(raw: str | None, name: str) -> datetime | None:
+    if raw is None:
         return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationFailed(f"`{name}` is not an ISO 8601 date-time") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 async def provide_filters(
     from_: Annotated[
-        datetime | None,
+        str | None,
         QueryParameter(
-            name="from", required=False, description="From this time (inclusive, ISO 8601)."
+            name="from",
+            required=False,
+            pattern=TIME_PATTERN,
+            description="From this time (inclusive, ISO 8601, e.g. `2026-12-01T00:00:00Z`).",
         ),
     ] = None,
     to: Annotated[
-        datetime | None,
-        QueryParameter(required=False, description="Until this time (exclusive, ISO 8601)."),
+        str | None,
+        QueryParameter(
+            required=False,
+            pattern=TIME_PATTERN,
+            description="Until this time (exclusive, ISO 8601).",
+        ),
     ] = None,
     account_id: Annotated[uuid.UUID | None, QueryParameter(required=False)] = None,
     merchant_id: Annotated[uuid.UUID | None, QueryParameter(required=False)] = None,
@@ -88,8 +103,8 @@ async def provide_filters(
     tool: Annotated[str | None, QueryParameter(required=False, max_length=TOOL_LENGTH_MAX)] = None,
 ) -> Filters:
     filters = Filters(
-        from_=_utc(from_),
-        to=_utc(to),
+        from_=_utc(from_, "from"),
+        to=_utc(to, "to"),
         account_id=account_id,
         merchant_id=merchant_id,
         token_id=token_id,
