@@ -28,6 +28,13 @@ DEFAULT_CARD_TOPUP_MAX_MICROS = 1_000_000_000  # 1,000 USD
 DEFAULT_USDC_CONFIRMATIONS = 12
 DEFAULT_USDC_BLOCK_RANGE_MAX = 1_000
 DEFAULT_USDC_POLL_INTERVAL_S = 5
+DEFAULT_USAGE_ROLLUP_INTERVAL_S = 1.0
+DEFAULT_DASHBOARD_SESSION_S = 3600
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Who may read /metrics: loopback clients or the operator API key (default), only
+# the operator API key, or anyone.
+METRICS_ACCESS = ("loopback", "operator", "open")
 
 
 # A service listening on every interface is reached, by default, at the loopback one.
@@ -89,6 +96,25 @@ def _database_url(env: dict[str, str]) -> str | None:
     return raw
 
 
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    value = raw.upper() if choices is LOG_LEVELS else raw.lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+
 def _address(env: dict[str, str], name: str) -> str | None:
     raw = env.get(name) or None
     if raw is not None and re.fullmatch(r"0x[0-9a-fA-F]{40}", raw) is None:
@@ -128,6 +154,13 @@ class Settings:
     usdc_start_block: int | None = None
     usdc_block_range_max: int = DEFAULT_USDC_BLOCK_RANGE_MAX
     usdc_poll_interval_s: float = DEFAULT_USDC_POLL_INTERVAL_S
+    # Visibility: logs, metrics, usage roll-up, dashboard sessions.
+    log_format: str = "text"
+    log_level: str = "INFO"
+    access_log: bool = False
+    metrics_access: str = "loopback"
+    usage_rollup_interval_s: float = DEFAULT_USAGE_ROLLUP_INTERVAL_S
+    dashboard_session_s: int = DEFAULT_DASHBOARD_SESSION_S
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -233,6 +266,21 @@ class Settings:
                 limits.REQUEST_HEADERS_COUNT_MAX,
                 lo=10,
                 hi=1000,
+            ),
+            log_format=_choice(env, "LEDGER_LOG_FORMAT", "text", LOG_FORMATS),
+            log_level=_choice(env, "LEDGER_LOG_LEVEL", "INFO", LOG_LEVELS),
+            access_log=_flag(env, "LEDGER_ACCESS_LOG", False),
+            metrics_access=_choice(env, "LEDGER_METRICS_ACCESS", "loopback", METRICS_ACCESS),
+            usage_rollup_interval_s=_int(
+                env,
+                "LEDGER_USAGE_ROLLUP_INTERVAL_MS",
+                int(DEFAULT_USAGE_ROLLUP_INTERVAL_S * 1000),
+                lo=50,
+                hi=3_600_000,
+            )
+            / 1000,
+            dashboard_session_s=_int(
+                env, "LEDGER_DASHBOARD_SESSION_S", DEFAULT_DASHBOARD_SESSION_S, lo=60, hi=86_400
             ),
             extra={
                 k: v

@@ -19,6 +19,8 @@ METADATA_KEY_LENGTH_MAX = 40
 METADATA_VALUE_LENGTH_MAX = 500
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
+# Deepest page of an aggregate answer (its cursor is an offset).
+USAGE_OFFSET_MAX = 100_000
 REQUEST_BODY_BYTES_MAX = 64 * 1024
 # Request line (path and query) plus every header name and value, in bytes.
 REQUEST_HEADER_BYTES_MAX = 16 * 1024

@@ -152,7 +152,7 @@ def service_settings(dsn: str, port: int, **overrides: object) -> Settings:
         port=port,
         data_dir=Path("/nonexistent"),
         expiry_sweep_interval_s=0.2,
-        **overrides,  # type: ignore[arg-type]
+        **{"access_log": True, **overrides},  # type: ignore[arg-type]
     )
 
 

@@ -378,6 +378,12 @@ async def test_every_list_has_one_shape_and_refuses_unknown_parameters(market: M
         "listCardShortfalls": ("/v1/topups/card/shortfalls", operator),
         "listUsdcDeposits": ("/v1/usdc/deposits", operator),
         "listUsdcReorgAlerts": ("/v1/usdc/reorg-alerts", operator),
+        "listAccounts": ("/v1/accounts", operator),
+        "listMerchants": ("/v1/merchants", operator),
+        "listUsageCharges": ("/v1/usage/charges", owner),
+        "listUsageHolds": ("/v1/usage/holds", merchant),
+        "listUsageRefunds": ("/v1/usage/refunds", merchant),
+        "listUsageRefusals": ("/v1/usage/refusals", owner),
     }
     assert set(operations) == set(calls), "give every list route a call here"
     cursors = {}

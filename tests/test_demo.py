@@ -25,6 +25,8 @@ def test_ledger_demo_exits_0_and_tells_the_story(tmp_path: Path) -> None:
     assert "(same credit token)" in out
     assert "capture  summarize" in out
     assert "all invariants hold" in out
+    assert out.splitlines()[-1].startswith("VERDICT: PASS — the whole story ran in ")
+    assert "[demo" in done.stderr and "phase 8/8: ledger audit" in done.stderr
     # Secrets stay secret: no full API key or credit token is printed.
     for line in out.splitlines():
         assert "lk_own_" not in line or "…" in line

@@ -52,6 +52,21 @@ CROSS_FIELD_RULES = {
     "POST /v1/wallets": "the message must be one the service issued, signed by its address",
     "POST /v1/topups/card": "whole cents within the configured CARD_TOPUP_MIN/MAX_MICROS",
     "POST /v1/webhooks/stripe": "the body must carry a valid Stripe-Signature",
+    **{
+        f"GET {path}": "a cursor must be one the service handed out; `from` before `to`, in "
+        "whole UTC hours for usage"
+        for path in (
+            "/v1/accounts",
+            "/v1/merchants",
+            "/v1/usage",
+            "/v1/usage/charges",
+            "/v1/usage/holds",
+            "/v1/usage/refunds",
+            "/v1/usage/refusals",
+            "/v1/usage/export.csv",
+            "/v1/usage/export.ndjson",
+        )
+    },
 }
 # A key is required in the `Idempotency-Key` header or the body's `idempotency_key`
 # (JSON Schema cannot say "one of a header and a field"): valid cases send one.

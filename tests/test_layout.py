@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ROOMS_BOTTOM_UP = (
     "ledger",  # errors, limits, ids, settings
+    "ledger.observability",  # log lines, metrics, the request in flight
     "ledger.db",  # pool, migrations runner, named SQL, embedded PostgreSQL
     "ledger.access",  # API keys and roles
     "ledger.http",  # problems, request guard, strict bodies, OpenAPI helpers
@@ -24,7 +25,9 @@ ROOMS_BOTTOM_UP = (
     "verifier.charges",  # verify-and-debit: the hot path
     "issuer",  # signing keys, credit tokens
     "issuer.topups",  # card and USDC top-ups
+    "ledger.usage",  # usage roll-up, analytics, exports, operator lists
     "verifier.sdk",  # code that runs in other people's processes
+    "ledger.dashboard",  # the web dashboard (server-rendered pages)
     "ledger.app",  # the HTTP app assembly
     "ledger.tooling",  # bench, torture, demo, load generator
     "ledger.cli",  # the `ledger` command

@@ -305,6 +305,9 @@ async def test_no_secret_in_any_log_line_or_error_body_on_the_money_path(
     # warning about the retired receipt key are both in it.
     names = {r.name for r in records}
     assert "uvicorn.access" in names
+    # Our own lines: one per money movement and refusal, and the access log.
+    assert {"ledger.money", "ledger.access_log"} <= names
+    assert sum(r.name == "ledger.money" for r in records) >= 30
     assert "verifier.charges.context" in names
     assert len(exchanges.errors) >= 40, len(exchanges.errors)
     assert {401, 402, 403, 409, 422} <= set(exchanges.statuses)

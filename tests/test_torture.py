@@ -124,7 +124,10 @@ def test_the_command_runs_in_a_temporary_folder_and_removes_it_after_passing(
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[-1] == "RESULT: ok"
+    assert result.stdout.splitlines()[-2] == "RESULT: ok"
+    assert result.stdout.splitlines()[-1].startswith("VERDICT: PASS — ")
+    assert "phase 3/5: load with faults" in result.stderr
+    assert "load with faults done: " in result.stderr and " operations, " in result.stderr
     assert "lost: 0" in result.stdout.splitlines()
     assert f"data folder: {tmp_path}" in result.stderr
     assert not list(tmp_path.glob("ledger-torture-*")), "a passing run leaves nothing behind"

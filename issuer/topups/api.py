@@ -114,6 +114,7 @@ class StripeWebhookController(Controller):
             " whatever the replays; refunds and disputes take the money back as far as the wallet "
             "holds it (the rest is a shortfall). Any 4xx tells Stripe not to retry that payload."
         ),
+        opt={"money": "topup_card"},
         summary="Stripe events (signed)",
         status_code=200,
         responses=problem_responses(400, 503),
@@ -237,6 +238,7 @@ class UsdcDepositController(Controller):
     @post(
         "/deposits/{deposit_id:uuid}/assign",
         operation_id="assignUsdcDeposit",
+        opt={"money": "topup_usdc"},
         summary="Credit an unattributed deposit to an account (operator)",
         description=(
             "Credits a deposit from an unlinked address to a customer wallet. Repeating it "

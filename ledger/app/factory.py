@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,15 +22,19 @@ from litestar.openapi.spec import Components, SecurityScheme
 from ledger.access.api_keys import AuthCache
 from ledger.app.examples import EXAMPLES
 from ledger.app.health import HealthController, liveness
+from ledger.app.monitoring import metrics_endpoint, readiness
 from ledger.app.pages import docs_config, page_handlers
 from ledger.config import ConfigError, Settings
 from ledger.core.api import AccountController
-from ledger.db.pool import CONNECTION_ERRORS, create_pool
+from ledger.db.pool import CONNECTION_ERRORS, BoundedPool, create_pool
 from ledger.http.apidoc import complete_openapi
 from ledger.http.guard import LedgerRequest, RequestGuard
 from ledger.http.idempotency import purge_expired_keys
+from ledger.http.lists import QUERY_PARAMETERS_STATE_KEY
+from ledger.http.observe import RequestObserver
 from ledger.http.params import dependencies
 from ledger.http.problems import exception_handlers
+from ledger.observability import metrics
 from verifier.errors import TopupAdvice, TopupMethod
 
 __all__ = ["API_VERSION", "create_app", "openapi_document"]
@@ -68,6 +73,22 @@ async def _idempotency_sweeper(app: Litestar, interval_s: float) -> None:
             log.warning("idempotency sweep skipped: database unavailable")
 
 
+POOL_SAMPLE_INTERVAL_S = 1.0
+
+
+async def _sample_pool(app: Litestar) -> None:
+    """This worker's pool and charge queue, as gauges (each worker reports its own)."""
+    pool = app.state.pool
+    while True:
+        metrics.observe_pool(
+            size=pool.get_size(),
+            idle=pool.get_idle_size(),
+            size_max=pool.get_max_size(),
+            waiting=pool.waiting() if isinstance(pool, BoundedPool) else 0,
+        )
+        await asyncio.sleep(POOL_SAMPLE_INTERVAL_S)
+
+
 async def _ensure_signing_keys(app: Litestar) -> None:
     """An active signing key per purpose; idempotent across concurrent workers."""
     from issuer.keys import ensure_signing_keys
@@ -89,6 +110,7 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
     )
     await _ensure_signing_keys(app)
     sweeper = asyncio.create_task(_idempotency_sweeper(app, settings.expiry_sweep_interval_s))
+    sampler = asyncio.create_task(_sample_pool(app))
     from verifier.charges.context import ChargeContext
 
     app.state.charge_context = await ChargeContext.start(
@@ -100,10 +122,12 @@ async def _database(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await app.state.charge_context.stop()
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, sampler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await app.state.pool.close()
+        metrics.process_exit()
 
 
 def _openapi_config() -> OpenAPIConfig:
@@ -132,13 +156,26 @@ def _openapi_config() -> OpenAPIConfig:
 
 # Each feature package exposes `routes` (controllers/handlers) from its `api`
 # module; the assembly lists them here and nowhere else.
-_FEATURE_API_MODULES: tuple[str, ...] = ("issuer.api", "issuer.topups.api", "verifier.charges.api")
+_FEATURE_API_MODULES: tuple[str, ...] = (
+    "issuer.api",
+    "issuer.topups.api",
+    "verifier.charges.api",
+    "ledger.usage.api",
+    "ledger.dashboard.api",
+)
 
 
 def _route_handlers() -> list[Any]:
     import importlib
 
-    handlers: list[Any] = [HealthController, liveness, AccountController, *page_handlers()]
+    handlers: list[Any] = [
+        HealthController,
+        liveness,
+        readiness,
+        metrics_endpoint,
+        AccountController,
+        *page_handlers(),
+    ]
     for module in _FEATURE_API_MODULES:
         handlers.extend(importlib.import_module(module).routes)
     return handlers
@@ -165,6 +202,7 @@ def topup_advice(settings: Settings) -> TopupAdvice:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    metrics.setup()
     config = AppConfig(
         route_handlers=_route_handlers(),
         dependencies=dict(dependencies),
@@ -172,7 +210,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_database, *_feature_lifespans()],
         openapi_config=_openapi_config(),
         request_max_body_size=settings.request_body_bytes_max,
-        middleware=[RequestGuard(settings)],
+        # The guard first: what it refuses never reaches the handlers or the metrics.
+        middleware=[RequestGuard(settings), RequestObserver(settings)],
         request_class=LedgerRequest,
         state=State(
             {"settings": settings, "auth_cache": AuthCache(), "topup": topup_advice(settings)}
@@ -182,6 +221,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar.from_config(config)
     # Built once here, so the served document and `openapi_document()` are the same.
     complete_openapi(app, examples=EXAMPLES)
+    for module in _FEATURE_API_MODULES:
+        extra = getattr(importlib.import_module(module), "query_parameters", {})
+        app.state[QUERY_PARAMETERS_STATE_KEY].update(extra)
     return app
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,16 +29,16 @@ from ledger.core import transfers as core
 from ledger.core.audit import run_audit
 from ledger.db.migrate import MigrationError, discover
 from ledger.db.pool import connect, mask_dsn
-from ledger.errors import ValidationFailed
+from ledger.errors import LedgerError, ValidationFailed
 from ledger.http.lists import Page
+from ledger.observability.logs import formatter_for, log_config
+from ledger.observability.metrics import prepare_multiprocess_dir
 from ledger.tooling.demo import demo_command
 
 __all__ = ["main"]
 
 log = logging.getLogger("ledger.cli.main")
 T = TypeVar("T")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class ConfigProblem(click.ClickException):
@@ -81,7 +82,9 @@ def _print_json(value: Any) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Prepaid credit-token ledger for AI agents."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter_for(_settings().log_format))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 @main.command()
@@ -122,17 +125,21 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
         # chose must reach them, or every link would name the default port.
         os.environ["LEDGER_HOST"] = settings.host
         os.environ["LEDGER_PORT"] = str(settings.port)
-        uvicorn.run(
-            "ledger.app.factory:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level="info",
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            **server_options(settings),
-        )
+        # Every worker writes its metrics here; emptied now, before any worker starts.
+        with tempfile.TemporaryDirectory(prefix="ledger-metrics-") as metrics_dir:
+            prepare_multiprocess_dir(Path(metrics_dir))
+            uvicorn.run(
+                "ledger.app.factory:create_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_config=log_config(settings.log_format, settings.log_level),
+                # Our own access log (LEDGER_ACCESS_LOG) carries the request id.
+                access_log=False,
+                timeout_graceful_shutdown=10,
+                **server_options(settings),
+            )
 
 
 def _migrations_present() -> None:
@@ -258,6 +265,66 @@ def accounts_transfers(account_id: uuid.UUID, cursor: str | None, limit: int) ->
     _print_json(_with_connection(_settings(), work))
 
 
+def _list_command(listing: str, extra: dict[str, Any], limit: int, cursor: str | None,
+                  as_json: bool) -> None:  # fmt: skip
+    from ledger.usage import reports
+
+    async def work(conn: asyncpg.Connection) -> reports.ListingPage:
+        return await reports.list_rows(conn, listing, reports.Filters(), limit=limit,  # type: ignore[arg-type]
+                                       cursor=cursor, extra=extra)  # fmt: skip
+
+    try:
+        page = _with_connection(_settings(), work)
+    except LedgerError as exc:
+        raise click.ClickException(exc.detail) from exc
+    if as_json:
+        _print_json(page)
+        return
+    for row in page.data:
+        balance = row.get("balance_micros", row.get("revenue_balance_micros"))
+        kind = row.get("kind", "merchant")
+        click.echo(f"{row['id']}  {kind:<19} {balance:>18,} µUSD  {row['name']}")
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}")
+
+
+_LIST_LIMIT = click.option(
+    "--limit", type=click.IntRange(1, limits.PAGE_SIZE_MAX), default=limits.PAGE_SIZE_DEFAULT,
+    show_default=True,
+)  # fmt: skip
+_LIST_CURSOR = click.option("--cursor", help="`next_cursor` of the previous page.")
+_LIST_SEARCH = click.option("--search", help="Case-insensitive part of the name.")
+_LIST_JSON = click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
+
+
+@accounts_group.command("list")
+@_LIST_SEARCH
+@click.option("--kind", type=click.Choice([k.value for k in core.AccountKind]))
+@_LIST_LIMIT
+@_LIST_CURSOR
+@_LIST_JSON
+def accounts_list(
+    search: str | None, kind: str | None, limit: int, cursor: str | None, as_json: bool
+) -> None:
+    """Accounts with balances, by name (operator)."""
+    _list_command("accounts", {"q": search, "kind": kind}, limit, cursor, as_json)
+
+
+@main.group("merchants")
+def merchants_group() -> None:
+    """Merchants (operator)."""
+
+
+@merchants_group.command("list")
+@_LIST_SEARCH
+@_LIST_LIMIT
+@_LIST_CURSOR
+@_LIST_JSON
+def merchants_list(search: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """Merchants with their revenue balances, by name."""
+    _list_command("merchants", {"q": search}, limit, cursor, as_json)
+
+
 @accounts_group.command("adjust")
 @click.argument("account_id", type=click.UUID)
 @click.argument("amount_micros", type=click.IntRange(1, limits.AMOUNT_MAX))
@@ -376,8 +443,16 @@ def bench(clients: int, duration: float, workers: int, as_json: bool) -> None:
 def _register_features() -> None:
     from ledger.cli.usdc import usdc_group
     from ledger.tooling.torture import torture_command
+    from ledger.tooling.usagebench import usage_bench_command
+
+    @click.group("usage")
+    def usage_group() -> None:
+        """Usage analytics."""
+
+    usage_group.add_command(usage_bench_command)
 
     main.add_command(usdc_group)
+    main.add_command(usage_group)
     main.add_command(torture_command)
 
 

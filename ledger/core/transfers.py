@@ -25,6 +25,7 @@ import msgspec
 
 from ledger.db.pool import Conn
 from ledger.db.queries import load_queries
+from ledger.observability import money
 
 __all__ = [
     "ADJUSTMENT_CLEARING_ID",
@@ -46,6 +47,7 @@ queries = load_queries("ledger.core", "ledger.sql")
 CARD_CLEARING_ID = uuid.UUID("00000000-0000-0000-0000-00000000c001")
 USDC_CLEARING_ID = uuid.UUID("00000000-0000-0000-0000-00000000c002")
 ADJUSTMENT_CLEARING_ID = uuid.UUID("00000000-0000-0000-0000-00000000c003")
+_CLEARING = frozenset({CARD_CLEARING_ID, USDC_CLEARING_ID, ADJUSTMENT_CLEARING_ID})
 
 
 class AccountKind(StrEnum):
@@ -184,6 +186,15 @@ async def create_transfer(
         None,
         metadata or {},
     )
+    if outcome in ("created", "exists"):
+        # Top-ups, claw-backs and adjustments: the wallet is whichever side is not clearing.
+        money.moved(
+            code,
+            outcome,
+            id=transfer_id,
+            account_id=credit_account_id if debit_account_id in _CLEARING else debit_account_id,
+            amount_micros=amount,
+        )
     return TransferOutcome(outcome)
 
 

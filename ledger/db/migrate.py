@@ -14,10 +14,18 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-__all__ = ["Migration", "MigrationError", "apply_migrations", "discover", "migrations_dir"]
+__all__ = [
+    "Migration",
+    "MigrationError",
+    "apply_migrations",
+    "discover",
+    "migrations_dir",
+    "pending_migrations",
+]
 
 # An arbitrary constant naming "the migration lock" among advisory locks.
 MIGRATION_LOCK_ID = 0x1ED6E8
@@ -110,3 +118,12 @@ async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def pending_migrations(conn: Any, folder: Path | None = None) -> list[str]:
+    """Migrations this code ships that the database lacks (or holds edited); [] = current."""
+    migrations = discover(folder)
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations") if exists else []
+    applied = {row["version"]: row["checksum"] for row in rows}
+    return [f"{m.version:04d}_{m.name}" for m in migrations if applied.get(m.version) != m.checksum]

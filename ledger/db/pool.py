@@ -109,6 +109,12 @@ class BoundedPool(_PoolBase):
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext[asyncpg.Record]:
         return super().acquire(timeout=self._acquire_timeout_s if timeout is None else timeout)
 
+    def waiting(self) -> int:
+        """Acquires waiting for a connection (for the metrics). asyncpg keeps its free
+        connections in an asyncio queue and has no public count of its waiters."""
+        getters = getattr(getattr(self, "_queue", None), "_getters", None)
+        return len(getters) if getters is not None else 0
+
 
 async def create_pool(
     dsn: str,

@@ -33,6 +33,7 @@ from ledger.errors import (
     ValidationFailed,
     problem_type,
 )
+from ledger.observability import money
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
@@ -64,6 +65,8 @@ _HTTP_CODES = {
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response[dict[str, Any]]:
+    # Every problem passes here: on a money route it is that request's refusal line.
+    money.refused(code=str(body.get("code")), status=status, extra=body)
     return Response(
         content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )

@@ -37,6 +37,7 @@ from ledger.config import Settings
 from ledger.core.audit import AuditReport, run_audit
 from ledger.db.embedded import free_port
 from ledger.db.pool import connect
+from ledger.tooling.progress import Progress
 from verifier.sdk.agent import AgentClient, budget_exhausted, receipt_of, signed_receipt_of
 from verifier.sdk.mcp import Metered, Paywall
 from verifier.sdk.merchant import PRICE_META_KEY, MerchantClient
@@ -84,7 +85,13 @@ def _usd(micros: int) -> str:
     return f"${micros / 1_000_000:.6f}".rstrip("0").rstrip(".") + f" ({micros:,} µUSD)"
 
 
+DEMO_STEPS = 8
+# The run's progress on stderr (phase and elapsed time; the story itself is stdout).
+_progress = Progress("demo", phases=DEMO_STEPS)
+
+
 def _step(number: int, title: str) -> None:
+    _progress.phase(title.split(";")[0])
     click.echo("")
     click.secho(f"{number}. {title}", bold=True)
 
@@ -380,5 +387,15 @@ def demo_command(data_dir: Path | None) -> None:
     if root.level > logging.DEBUG:
         # The story is the output; routine INFO lines would bury it (`ledger -v demo` shows them).
         root.setLevel(logging.WARNING)
-    if not run_demo(data_dir):
+    global _progress
+    _progress = Progress("demo", phases=DEMO_STEPS)
+    ok = run_demo(data_dir)
+    click.echo("")
+    _progress.verdict(
+        ok,
+        f"the whole story ran in {_progress.elapsed()} and every invariant holds"
+        if ok
+        else "the final audit found violated invariants (listed above)",
+    )
+    if not ok:
         raise SystemExit(1)

@@ -53,6 +53,7 @@ from ledger.db.embedded import EmbeddedPostgres, free_port
 from ledger.db.pool import CONNECTION_ERRORS, connect
 from ledger.db.queries import load_queries
 from ledger.tooling.child import stop_child, wait_healthy
+from ledger.tooling.progress import Progress, verdict_line
 
 __all__ = ["OPERATIONS", "TortureConfig", "TortureReport", "run_torture"]
 
@@ -587,7 +588,32 @@ class TortureReport:
         if not self.audit_ok:
             lines.append(self.audit_output)
         lines.append("RESULT: " + ("ok" if self.ok else "FAILED"))
+        lines.append(verdict_line(self.ok, self.why()))
         return "\n".join(lines)
+
+    def why(self) -> str:
+        if self.ok:
+            return (
+                f"{self.acknowledged:,} acknowledged movements all in the journal exactly once "
+                f"through {self.counts.get('kills', 0)} kills and "
+                f"{self.counts.get('postgres_restarts', 0)} PostgreSQL restarts; audit holds"
+            )
+        found = [
+            f"{n} {name}"
+            for name, n in (
+                ("lost", len(self.lost)),
+                ("mismatched", len(self.mismatched)),
+                ("unacknowledged", len(self.unacknowledged)),
+                ("accounts off", len(self.account_mismatches)),
+                ("indeterminate", self.counts.get("indeterminate", 0)),
+                ("anomalies", self.counts.get("anomalies", 0)),
+                ("micro-USD still held", self.held_micros),
+            )
+            if n
+        ]
+        if not self.audit_ok:
+            found.append("audit failed")
+        return ", ".join(found)
 
 
 def _expected_balances(world: World) -> dict[uuid.UUID, int]:
@@ -670,15 +696,30 @@ async def _wait_holds_released(world: World, deadline_s: float) -> None:
         await asyncio.sleep(0.5)
 
 
+def _load_status(world: World) -> str:
+    c = world.counts
+    return (
+        f"{c.get('operations', 0):,} operations, {len(world.acks):,} acknowledged, "
+        f"{c.get('kills', 0)} kills, {c.get('postgres_restarts', 0)} PostgreSQL restarts, "
+        f"{c.get('retries', 0):,} retries, {c.get('anomalies', 0)} anomalies"
+    )
+
+
 async def run_torture(
-    config: TortureConfig, operations: tuple[type[Operation], ...] = OPERATIONS
+    config: TortureConfig,
+    operations: tuple[type[Operation], ...] = OPERATIONS,
+    *,
+    progress: Progress | None = None,
 ) -> tuple[TortureReport, World]:
     """One bounded run; the service and its PostgreSQL are stopped at the end."""
+    progress = progress or Progress("torture", phases=5, quiet=True)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
     service = ServiceProcess(config.data_dir.resolve(), config.port or free_port())
     try:
+        progress.phase("starting ledger serve on an embedded PostgreSQL")
         await asyncio.to_thread(service.start)
+        progress.phase("setting up a merchant and wallets")
         world = await _setup(service, config, rng)
         stop_at = time.monotonic() + config.duration_s
         ops: list[Operation] = [op() for op in operations]
@@ -686,10 +727,14 @@ async def run_torture(
             _client_loop(world, i, ops, stop_at, seed=rng.randrange(2**32))
             for i in range(config.clients)
         ]
-        await asyncio.gather(_nemesis(service, config, world, stop_at, rng), *tasks)
+        progress.phase(f"load with faults ({config.duration_s:g} s, {config.clients} clients)")
+        with progress.ticking(lambda: _load_status(world)):
+            await asyncio.gather(_nemesis(service, config, world, stop_at, rng), *tasks)
+        progress.phase("waiting for the service to release expired holds")
         await _wait_holds_released(world, deadline_s=HOLD_EXPIRY_S * 30)
     finally:
         await asyncio.to_thread(service.stop)
+    progress.phase("checking the journal against every acknowledgement, and ledger audit")
     return await final_report(config.data_dir, world), world
 
 
@@ -764,7 +809,7 @@ def torture_command(
     )
     # One line per request would drown the report.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    report, _ = asyncio.run(run_torture(config))
+    report, _ = asyncio.run(run_torture(config, progress=Progress("torture", phases=5)))
     click.echo(main_json(report) if as_json else report.summary())
     if not report.ok:
         click.echo(f"data folder kept for inspection: {data_dir}", err=True)

@@ -120,6 +120,7 @@ class ChargeController(Controller):
             "equal if both). A limit hit is 402 `budget_exhausted`, saying which limit and what "
             "helps."
         ),
+        opt={"money": "charge"},
         responses={**problem_responses(402, 409, 429), **replay_response(charges.ChargeOut)},
         summary="Verify a credit token and debit it (merchant)",
         status_code=201,
@@ -173,6 +174,7 @@ class ChargeController(Controller):
             "its ancestors'); never more than was charged in total. Idempotent by key like a "
             "charge. `Location` names the refunded charge."
         ),
+        opt={"money": "refund"},
         responses={**problem_responses(409, 429), **replay_response(charges.RefundOut)},
         summary="Refund part or all of a charge (merchant)",
         status_code=201,
@@ -204,6 +206,7 @@ class HoldController(Controller):
             "nor voided within `expires_in_s` (default 300 s) is released by the service itself. "
             "Idempotent by key like a charge."
         ),
+        opt={"money": "hold"},
         responses={**problem_responses(402, 409, 429), **replay_response(charges.HoldOut)},
         summary="Authorize up to a maximum (merchant)",
         status_code=201,
@@ -241,6 +244,7 @@ class HoldController(Controller):
             "pending, is 409 `hold_not_pending`; more than was held is 409 `capture_exceeds_hold` "
             "(the hold stays pending)."
         ),
+        opt={"money": "capture"},
         responses=problem_responses(409, 429),
         summary="Capture up to the held amount",
         status_code=200,
@@ -265,6 +269,7 @@ class HoldController(Controller):
             "Releases a pending hold in full. A hold already captured, voided or expired is 409 "
             "`hold_not_pending` with its `hold_status`."
         ),
+        opt={"money": "void"},
         responses=problem_responses(409),
         summary="Release a hold",
         status_code=200,

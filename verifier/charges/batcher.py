@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ import asyncpg
 
 from ledger.db.queries import load_queries
 from ledger.errors import RateLimited
+from ledger.observability import metrics
 
 __all__ = ["BATCH_SIZE_MAX", "ChargeBatcher", "ChargeRequest", "run_batch"]
 
@@ -109,8 +111,10 @@ class ChargeBatcher:
 
     async def _execute(self, conn: Any, batch: Sequence[_Item]) -> bool:
         """Apply a batch; False when the connection failed and should be replaced."""
+        started = time.perf_counter()
         try:
             rows = await run_batch(conn, [req for req, _ in batch])
+            metrics.observe_batch(len(batch), time.perf_counter() - started, self._queue.qsize())
         except _TRANSIENT:
             # Retry one by one so a single conflicting request cannot fail the rest.
             for request, future in batch:

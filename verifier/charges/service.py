@@ -24,6 +24,7 @@ from ledger import limits
 from ledger.db.queries import load_queries
 from ledger.errors import IdempotencyConflict, LedgerError, NotFound
 from ledger.ids import new_id
+from ledger.observability import money
 from verifier.charges.context import ChargeContext
 from verifier.charges.merchants import Merchant
 from verifier.errors import (
@@ -172,6 +173,7 @@ async def _verified(
     ctx: ChargeContext, credit_token: str, merchant: Merchant, tool: str
 ) -> CreditTokenClaims:
     claims = await ctx.verify_credit_token(credit_token)
+    money.note(token_id=claims.jti, account_id=claims.sub)
     check_scope(claims, merchant_id=str(merchant.id), tool=tool)
     return claims
 
@@ -190,6 +192,7 @@ def _max_per_call(claims: CreditTokenClaims, amount: int, ctx: ChargeContext) ->
 
 async def charge(ctx: ChargeContext, merchant: Merchant, body: ChargeIn) -> tuple[ChargeOut, bool]:
     """Verify and debit; returns (result, created). A replay returns the original."""
+    money.note(merchant_id=merchant.id, tool=body.tool, amount_micros=body.amount_micros)
     request_hash = _request_hash(
         "charge", body.credit_token, body.amount_micros, body.tool, body.metadata
     )
@@ -200,6 +203,7 @@ async def charge(ctx: ChargeContext, merchant: Merchant, body: ChargeIn) -> tupl
         replay = await _replay_charge(ctx, merchant, body.idempotency_key, request_hash)
         if replay is None:
             raise
+        _log_charge("charge", "exists", merchant, replay.receipt)
         return replay, False
     _max_per_call(claims, body.amount_micros, ctx)
     signer = ctx.receipt_signer()
@@ -238,9 +242,23 @@ async def charge(ctx: ChargeContext, merchant: Merchant, body: ChargeIn) -> tupl
         created_at=row["created_at"],
     )
     signed = await ctx.sign_receipt(receipt, kid=row["receipt_kid"])
+    _log_charge("charge", outcome, merchant, receipt)
     return ChargeOut(
         charge_id=row["id"], receipt=receipt, signed_receipt=signed
     ), outcome == "created"
+
+
+def _log_charge(kind: str, outcome: str, merchant: Merchant, receipt: Receipt) -> None:
+    money.moved(
+        kind,
+        outcome,
+        id=receipt.charge_id if kind != "refund" else receipt.transfer_id,
+        merchant_id=merchant.id,
+        account_id=receipt.account_id,
+        token_id=receipt.token_id,
+        tool=receipt.tool,
+        amount_micros=receipt.amount_micros,
+    )
 
 
 async def _replay_charge(
@@ -280,6 +298,7 @@ def _timestamp(value: datetime | str) -> datetime:
 
 
 async def place_hold(ctx: ChargeContext, merchant: Merchant, body: HoldIn) -> tuple[HoldOut, bool]:
+    money.note(merchant_id=merchant.id, tool=body.tool, amount_micros=body.amount_micros)
     request_hash = _request_hash(
         "hold", body.credit_token, body.amount_micros, body.tool, body.expires_in_s, body.metadata
     )
@@ -320,12 +339,23 @@ async def place_hold(ctx: ChargeContext, merchant: Merchant, body: HoldIn) -> tu
         merchant_id=merchant.id,
         tool=row["tool"],
     )
+    money.moved(
+        "hold",
+        outcome,
+        id=hold.hold_id,
+        merchant_id=merchant.id,
+        account_id=hold.account_id,
+        token_id=hold.token_id,
+        tool=hold.tool,
+        amount_micros=hold.amount_micros,
+    )
     return hold, outcome == "created"
 
 
 async def capture_hold(
     ctx: ChargeContext, merchant: Merchant, hold_id: uuid.UUID, body: CaptureIn
 ) -> CaptureOut:
+    money.note(merchant_id=merchant.id, amount_micros=body.amount_micros)
     signer = ctx.receipt_signer()
     result = await ctx.pool.fetchval(
         queries["capture_hold"],
@@ -352,6 +382,7 @@ async def capture_hold(
     assert outcome in ("created", "exists"), outcome
     held = await ctx.pool.fetchval("SELECT amount_micros FROM holds WHERE id = $1", hold_id)
     receipt = _charge_receipt(result, kind="capture")
+    _log_charge("capture", outcome, merchant, receipt)
     return CaptureOut(
         hold_id=hold_id,
         charge_id=receipt.charge_id,
@@ -363,18 +394,36 @@ async def capture_hold(
 
 
 async def void_hold(ctx: ChargeContext, merchant: Merchant, hold_id: uuid.UUID) -> VoidOut:
+    money.note(merchant_id=merchant.id)
     result = await ctx.pool.fetchval(queries["void_hold"], hold_id, merchant.id, "voided")
     outcome = result["outcome"]
     if outcome == "hold_not_found":
         raise NotFound("no such hold")
     if outcome == "hold_not_pending":
         raise HoldNotPending(f"the hold is {result['status']}", hold_status=result["status"])
+    hold = await ctx.pool.fetchrow(queries["get_hold"], hold_id, merchant.id)
+    assert hold is not None
+    _log_release("void", outcome, hold)
     return VoidOut(hold_id=hold_id, status=result["status"])
+
+
+def _log_release(kind: str, outcome: str, hold: Any) -> None:
+    money.moved(
+        kind,
+        outcome,
+        id=hold["id"],
+        merchant_id=hold["merchant_id"],
+        account_id=hold["account_id"],
+        token_id=hold["token_jti"],
+        tool=hold["tool"],
+        amount_micros=hold["amount_micros"],
+    )
 
 
 async def refund(
     ctx: ChargeContext, merchant: Merchant, charge_id: uuid.UUID, body: RefundIn
 ) -> tuple[RefundOut, bool]:
+    money.note(merchant_id=merchant.id, amount_micros=body.amount_micros)
     request_hash = hashlib.sha256(
         msgspec.json.encode(["refund", str(charge_id), body.amount_micros, body.reason])
     ).digest()
@@ -418,14 +467,17 @@ async def refund(
         receipt=receipt,
         signed_receipt=await ctx.sign_receipt(receipt, kid=result["receipt_kid"]),
     )
+    _log_charge("refund", outcome, merchant, receipt)
     return out, outcome == "created"
 
 
 async def expire_holds(pool: asyncpg.Pool, *, batch_size: int = 500) -> int:
     """Release every hold past its expiry; return how many. Safe to run anywhere."""
-    ids = [row["id"] for row in await pool.fetch(queries["expired_holds"], batch_size)]
+    holds = await pool.fetch(queries["expired_holds"], batch_size)
     released = 0
-    for hold_id in ids:
-        result = await pool.fetchval(queries["void_hold"], hold_id, None, "expired")
-        released += result["outcome"] == "created"
+    for hold in holds:
+        result = await pool.fetchval(queries["void_hold"], hold["id"], None, "expired")
+        if result["outcome"] == "created":
+            released += 1
+            _log_release("expiry", "created", hold)
     return released

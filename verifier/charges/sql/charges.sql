@@ -13,8 +13,9 @@ SELECT ledger_void_hold($1, $2, $3);
 SELECT ledger_refund($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: expired_holds
--- Pending holds past their expiry, oldest first.
-SELECT id FROM holds WHERE status = 'pending' AND expires_at <= now() ORDER BY expires_at LIMIT $1;
+-- Pending holds past their expiry, oldest first (with what the release log line names).
+SELECT id, merchant_id, account_id, token_jti, tool, amount_micros
+  FROM holds WHERE status = 'pending' AND expires_at <= now() ORDER BY expires_at LIMIT $1;
 
 -- name: find_charge_by_key
 -- A charge by idempotency key, to replay it when the credit token has since expired.
